@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("prepare", "analyze", "demo")
+COMMANDS = ("prepare", "analyze", "train", "merge", "eval", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,98 @@
+"""`python -m lr_train eval`: long-context ability of a model.
+
+  passkey grid   a random key hidden at several depths of filler text of several lengths, answered by
+                 greedy generation (needle in a haystack); accuracy table + heat map (passkey.png:
+                 rows = depths top to bottom, columns = lengths left to right, red 0 → green 1)
+  perplexity     of the next token, by position bucket, over windows of the longest length
+
+Filler / perplexity text: --input files (.txt, .jsonl, `datasets` folders), or the bundled toy corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def add_parser(sub):
+    p = sub.add_parser("eval", help="passkey (needle-in-a-haystack) grid and perplexity by position",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model folder or hub name")
+    p.add_argument("--tokenizer", default=None, help="default: the model's own; `toy` for the toy tokenizer")
+    p.add_argument("--output", required=True, help="folder for results.json and passkey.png")
+    p.add_argument("--lengths", type=int, nargs="+", required=True, help="context lengths in tokens")
+    p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    p.add_argument("--trials", type=int, default=4, help="keys per grid cell")
+    p.add_argument("--ppl-length", type=int, default=None, help="window for perplexity (default: max length)")
+    p.add_argument("--ppl-windows", type=int, default=8)
+    p.add_argument("--input", nargs="+", default=None, help="text for filler and perplexity")
+    p.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto")
+    p.add_argument("--no-patch", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+    return p
+
+
+def evaluate(model, tokenizer, texts: list[str], *, lengths, depths, trials, ppl_length, ppl_windows, seed,
+             progress=True) -> dict:
+    """Both evaluations on an already loaded model; returns a JSON-able dict."""
+    from lr_train.evaluation import passkey_grid, perplexity_by_position
+    from lr_train.recipe import token_stream
+
+    model.eval()
+    for n in [*lengths, ppl_length]:
+        if n > model.config.max_position_embeddings:
+            print(f"eval: note: length {n} is beyond the model's window ({model.config.max_position_embeddings})",
+                  file=sys.stderr)
+    stream = token_stream(tokenizer, texts)
+    ppl = perplexity_by_position(model, stream, length=ppl_length, max_windows=ppl_windows, progress=progress)
+    grid = passkey_grid(model, tokenizer, " ".join(texts), lengths=lengths, depths=depths, trials=trials,
+                        seed=seed, progress=progress)
+    return {
+        "perplexity": {"length": ppl.length, "bucket_edges": ppl.bucket_edges, "ppl": ppl.ppl, "nll": ppl.nll,
+                       "windows": ppl.windows, "table": ppl.table()},
+        "passkey": {"lengths": grid.lengths, "depths": grid.depths, "accuracy": grid.accuracy,
+                    "mean": grid.mean, "trials": grid.trials, "examples": grid.examples, "table": grid.table()},
+    }
+
+
+def write_results(results: dict, output: str, *, overwrite: bool) -> None:
+    from lr_train.checkpoint import atomic_dir
+    from lr_train.heatmap import write_heatmap_png
+
+    with atomic_dir(output, overwrite=overwrite) as tmp:
+        with open(os.path.join(tmp, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        write_heatmap_png(os.path.join(tmp, "passkey.png"), results["passkey"]["accuracy"])
+
+
+def run(args) -> int:
+    from transformers import AutoModelForCausalLM
+
+    from lr_train import patch
+    from lr_train.recipe import default_eval_texts, load_tokenizer, read_texts
+
+    try:
+        if os.path.exists(args.output) and not args.overwrite:
+            raise ValueError(f"--output {args.output} exists; pass --overwrite to replace it")
+        tokenizer = load_tokenizer(args.tokenizer or args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model)
+        if not args.no_patch:
+            patch(model, backend=args.backend, cross_entropy=False)
+        texts = read_texts(args.input) if args.input else default_eval_texts()
+        results = evaluate(model, tokenizer, texts, lengths=args.lengths, depths=args.depths, trials=args.trials,
+                           ppl_length=args.ppl_length or max(args.lengths), ppl_windows=args.ppl_windows,
+                           seed=args.seed, progress=not args.quiet)
+        results["model"] = args.model
+        write_results(results, args.output, overwrite=args.overwrite)
+    except (ValueError, OSError) as exc:
+        print(f"eval: error: {exc}", file=sys.stderr)
+        return 2
+    print("perplexity by position\n" + results["perplexity"]["table"])
+    print("passkey accuracy\n" + results["passkey"]["table"])
+    print(f"results in {args.output}/results.json, heat map in {args.output}/passkey.png")
+    return 0

@@ -1,0 +1,232 @@
+"""Training stages of the recipe (extend, anneal) with checkpoints and resume, on accelerate.
+
+The same loop runs on one CPU, one GPU, or many GPUs under ``accelerate launch`` with an FSDP or
+DeepSpeed config: the model is patched before ``accelerator.prepare`` so the fused kernels run inside
+whatever wrapper the engine adds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from lr_train.checkpoint import atomic_dir, prune, step_dirs
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass
+class StageConfig:
+    """Settings of one training stage. ``lr`` peaks after ``warmup_steps`` then follows ``schedule``
+    down to ``lr * min_lr_ratio`` at ``max_steps`` (constant keeps the peak)."""
+
+    output: str
+    max_steps: int
+    lr: float = 5e-5
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    grad_accum: int = 1
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    seed: int = 0
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    gradient_checkpointing: bool = False
+    log_every: int = 1
+
+    def validate(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 <= self.warmup_steps <= self.max_steps:
+            raise ValueError("warmup_steps must be in [0, max_steps]")
+        if self.grad_accum < 1 or self.save_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError("grad_accum, save_every and keep_checkpoints must be >= 1")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+
+
+def lr_factor(step: int, cfg: StageConfig) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(cfg.max_steps - cfg.warmup_steps, 1)
+    frac = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+    shape = 1.0 - frac if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
+
+
+def train_stage(
+    model,
+    batches: Callable[[int, int, int], Iterator[dict[str, torch.Tensor]]],
+    cfg: StageConfig,
+    *,
+    progress: bool = True,
+    on_log: Callable[[dict], None] | None = None,
+    save_extra: Callable[[str], None] | None = None,
+) -> dict:
+    """Train ``model`` for ``cfg.max_steps`` optimizer steps; resume from the newest checkpoint under
+    ``cfg.output/checkpoints`` if one exists. ``batches(start, rank, world)`` yields this process's
+    micro-batches (model kwargs incl. ``labels``) from its micro-batch number ``start`` on — deterministic, so
+    a resumed run sees the same data as an uninterrupted one.
+
+    Writes ``cfg.output/model`` (save_pretrained, atomically; ``save_extra(folder)`` may add files such as
+    the tokenizer) and ``cfg.output/train_log.jsonl``; returns a summary dict.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    cfg.validate()
+    set_seed(cfg.seed)
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+
+    ckpt_root = os.path.join(cfg.output, "checkpoints")
+    start_step = 0
+    existing = step_dirs(ckpt_root)
+    if existing:
+        start_step, path = existing[-1]
+        acc.load_state(path)
+        acc.print(f"resumed from {path} (step {start_step})")
+    if start_step >= cfg.max_steps and os.path.isdir(os.path.join(cfg.output, "model")):
+        acc.print(f"{cfg.output}: already trained for {cfg.max_steps} steps")
+        return _read_summary(cfg.output)
+
+    log_path = os.path.join(cfg.output, "train_log.jsonl")
+    if acc.is_main_process:
+        os.makedirs(cfg.output, exist_ok=True)
+        _truncate_log(log_path, start_step)
+    stream = batches(start_step * cfg.grad_accum, acc.process_index, acc.num_processes)
+    bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", disable=not (progress and acc.is_main_process))
+    t0 = time.perf_counter()
+    tokens = 0
+    last = {}
+    for step in range(start_step, cfg.max_steps):
+        loss_sum = 0.0
+        for _ in range(cfg.grad_accum):
+            try:
+                batch = next(stream)
+            except StopIteration as e:
+                raise ValueError("the data ran out before max_steps; prepare more data or lower max_steps") from e
+            batch = {k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            with acc.accumulate(model):
+                out = model(**batch)
+                acc.backward(out.loss)
+                if acc.sync_gradients and cfg.max_grad_norm > 0:
+                    acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            loss_sum += float(out.loss.detach())
+            tokens += int(batch["input_ids"].numel())
+        last = {
+            "step": step + 1,
+            "loss": loss_sum / cfg.grad_accum,
+            "lr": scheduler.get_last_lr()[0],
+            "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9),
+        }
+        if acc.is_main_process:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(last) + "\n")
+            if on_log is not None and (step + 1) % cfg.log_every == 0:
+                on_log(last)
+        bar.set_postfix(loss=f"{last['loss']:.3f}")
+        bar.update(1)
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.max_steps:
+            _save_checkpoint(acc, ckpt_root, step + 1, cfg.keep_checkpoints)
+    bar.close()
+    acc.wait_for_everyone()
+    summary = {"config": asdict(cfg), "final": last}
+    if acc.is_main_process:
+        with atomic_dir(os.path.join(cfg.output, "model"), overwrite=True) as tmp:
+            acc.unwrap_model(model).save_pretrained(tmp, state_dict=acc.get_state_dict(model))
+            with open(os.path.join(tmp, "lr_train_summary.json"), "w") as f:
+                json.dump(summary, f, indent=2)
+            if save_extra is not None:
+                save_extra(tmp)
+    acc.wait_for_everyone()
+    return summary
+
+
+def packed_batches(dataset, tokens_per_batch: int, seed: int = 0):
+    """``batches`` for ``train_stage`` from a ``PreparedDataset``: seeded packed batches, epoch after epoch.
+
+    Global micro-batch ``i`` goes to rank ``i % world``; a process's ``start`` counts its own micro-batches.
+    """
+    from lr_train.data import PackedBatchSampler, PackedCollator
+
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {getattr(dataset, 'folder', '')} holds no samples")
+    sampler = PackedBatchSampler(dataset.lengths, tokens_per_batch, shuffle=True, seed=seed)
+    collate = PackedCollator()
+
+    def batches(start: int, rank: int = 0, world: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+        index, epoch = 0, 0
+        first = start * world + rank
+        while True:
+            sampler.set_epoch(epoch)
+            for batch in sampler:
+                if index >= first and (index - rank) % world == 0:
+                    yield collate(dataset.samples(batch))
+                index += 1
+            epoch += 1
+
+    return batches
+
+
+def _save_checkpoint(acc, root: str, step: int, keep: int) -> None:
+    final = os.path.join(root, f"step-{step:08d}")
+    tmp = f"{final}.partial"
+    if acc.is_main_process:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    acc.save_state(tmp)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        os.replace(tmp, final)
+        prune(root, keep)
+    acc.wait_for_everyone()
+
+
+def _truncate_log(path: str, step: int) -> None:
+    # A resumed run rewrites the log from its checkpoint on, so the log never holds steps twice.
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(rows)
+    os.replace(path + ".tmp", path)
+
+
+def _read_summary(output: str) -> dict:
+    with open(os.path.join(output, "model", "lr_train_summary.json")) as f:
+        return json.load(f)
