@@ -72,6 +72,9 @@ def demo(args) -> dict:
     from lr_train.commands.train import train
     from lr_train.recipe import default_eval_texts
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-file "Loading weights" bars drown the stage output
     out = os.path.abspath(args.output)
     if args.fresh and os.path.exists(out):
         shutil.rmtree(out)

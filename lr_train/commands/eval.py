@@ -44,7 +44,7 @@ def evaluate(model, tokenizer, texts: list[str], *, lengths, depths, trials, ppl
     from lr_train.recipe import token_stream
 
     model.eval()
-    for n in [*lengths, ppl_length]:
+    for n in sorted({*lengths, ppl_length}):
         if n > model.config.max_position_embeddings:
             print(f"eval: note: length {n} is beyond the model's window ({model.config.max_position_embeddings})",
                   file=sys.stderr)
