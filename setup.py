@@ -23,6 +23,11 @@ except ImportError:
 here = os.path.dirname(os.path.abspath(__file__))
 
 
+def _read(name: str) -> str:
+    with open(os.path.join(here, name), encoding="utf-8") as f:
+        return f.read()
+
+
 def _extensions():
     cpp = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     cu = sorted(glob.glob(os.path.join("csrc", "*.cu")))
@@ -34,7 +39,7 @@ def _extensions():
         and torch.version.cuda is not None
         and CUDA_HOME is not None
     )
-    cxx = ["-O3", "-std=c++17"]
+    cxx = ["-O3", "-std=c++20"]  # torch >= 2.10 headers use C++20 features
     if sys.platform != "win32":
         cxx.append("-fopenmp")
     link = ["-fopenmp"] if sys.platform != "win32" else []
@@ -63,8 +68,11 @@ def _extensions():
 setup(
     name="lr-kernels",
     version="0.1.0",
-    description="LongRecipe: fused RoPE varlen attention, fused cross-entropy and data tools for long-context training",
-    long_description=open(os.path.join(here, "README.md"), encoding="utf-8").read(),
+    description=(
+        "LongRecipe: fused RoPE varlen attention, fused cross-entropy and data tools for long-context "
+        "training"
+    ),
+    long_description=_read("README.md"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["lr_kernels", "lr_kernels.*", "lr_train", "lr_train.*"]),

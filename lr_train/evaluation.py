@@ -23,7 +23,9 @@ def _lm_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 @torch.no_grad()
-def sequence_logprobs(model, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+def sequence_logprobs(
+    model, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """log p(x_t | x_<t) for t = 1..L-1 of one sequence: ``input_ids [L] -> fp32 [L-1]``."""
     if input_ids.dim() != 1 or input_ids.numel() < 2:
         raise ValueError(f"input_ids must be 1-D with at least 2 tokens, got shape {tuple(input_ids.shape)}")
@@ -92,7 +94,8 @@ class PasskeyGrid:
     def table(self) -> str:
         head = "depth\\len " + " ".join(f"{n:>7}" for n in self.lengths)
         rows = [head] + [
-            f"{d:>9.2f} " + " ".join(f"{a:>7.2f}" for a in row) for d, row in zip(self.depths, self.accuracy)
+            f"{d:>9.2f} " + " ".join(f"{a:>7.2f}" for a in row)
+            for d, row in zip(self.depths, self.accuracy, strict=True)
         ]
         return "\n".join(rows)
 

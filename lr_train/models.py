@@ -73,9 +73,10 @@ def set_context_window(config: Any, target_length: int, rope_theta: float | None
     return float(rope_theta)
 
 
-def build_model(name_or_path: str, *, vocab_size: int | None = None, dtype: torch.dtype = torch.float32,
-                seed: int = 0):
-    """A Hugging Face causal LM: a local path / hub name, or a ``tiny-*`` preset (random init, no download)."""
+def build_model(
+    name_or_path: str, *, vocab_size: int | None = None, dtype: torch.dtype = torch.float32, seed: int = 0
+):
+    """A causal LM from a local path / hub name, or a ``tiny-*`` preset (random init, no download)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if name_or_path in TINY_PRESETS:
@@ -90,4 +91,3 @@ def build_model(name_or_path: str, *, vocab_size: int | None = None, dtype: torc
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
     return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
-

@@ -124,7 +124,9 @@ def train_stage(
         os.makedirs(cfg.output, exist_ok=True)
         _truncate_log(log_path, start_step)
     stream = batches(start_step * cfg.grad_accum, acc.process_index, acc.num_processes)
-    bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", disable=not (progress and acc.is_main_process))
+    bar = tqdm(
+        total=cfg.max_steps, initial=start_step, desc="train", disable=not (progress and acc.is_main_process)
+    )
     t0 = time.perf_counter()
     tokens = 0
     last = {}
@@ -134,7 +136,9 @@ def train_stage(
             try:
                 batch = next(stream)
             except StopIteration as e:
-                raise ValueError("the data ran out before max_steps; prepare more data or lower max_steps") from e
+                raise ValueError(
+                    "the data ran out before max_steps; prepare more data or lower max_steps"
+                ) from e
             batch = {k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             with acc.accumulate(model):
                 out = model(**batch)

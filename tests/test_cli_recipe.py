@@ -17,8 +17,17 @@ def demo_dir(tmp_path_factory):
 
 
 def test_demo_writes_every_stage(demo_dir):
-    for sub in ("data-base", "data-longrecipe", "data-anneal", "base/model", "extend/model", "anneal/model",
-                "merged", "eval-base", "eval-merged"):
+    for sub in (
+        "data-base",
+        "data-longrecipe",
+        "data-anneal",
+        "base/model",
+        "extend/model",
+        "anneal/model",
+        "merged",
+        "eval-base",
+        "eval-merged",
+    ):
         assert os.path.isdir(demo_dir / sub), sub
     report = json.load(open(demo_dir / "report.json"))
     ppl = report["results"]["merged"]["perplexity"]["ppl"]
@@ -39,7 +48,9 @@ def test_demo_extends_rope_base_and_merges_weights(demo_dir):
     annealed = AutoModelForCausalLM.from_pretrained(demo_dir / "anneal/model")
     merged = AutoModelForCausalLM.from_pretrained(demo_dir / "merged")
     assert merged.config.max_position_embeddings == 1024
-    assert merged.config.rope_parameters["rope_theta"] == pytest.approx(extended_rope_theta(10000.0, 32, 256, 1024))
+    assert merged.config.rope_parameters["rope_theta"] == pytest.approx(
+        extended_rope_theta(10000.0, 32, 256, 1024)
+    )
     sb, sa, sm = base.state_dict(), annealed.state_dict(), merged.state_dict()
     for name in sm:
         torch.testing.assert_close(sm[name], (sb[name] + sa[name]) / 2, rtol=1e-6, atol=1e-6, msg=name)
@@ -54,14 +65,44 @@ def test_demo_is_resumable(demo_dir, capsys):
 
 def test_train_command_errors_are_clear(tmp_path, demo_dir, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["train", "--stage", "extend", "--model", "tiny-llama", "--tokenizer", "toy", "--data",
-              str(tmp_path / "missing"), "--output", str(tmp_path / "o"), "--max-steps", "1",
-              "--tokens-per-batch", "512"])
+        main(
+            [
+                "train",
+                "--stage",
+                "extend",
+                "--model",
+                "tiny-llama",
+                "--tokenizer",
+                "toy",
+                "--data",
+                str(tmp_path / "missing"),
+                "--output",
+                str(tmp_path / "o"),
+                "--max-steps",
+                "1",
+                "--tokens-per-batch",
+                "512",
+            ]
+        )
     assert e.value.code == 2 and "not a prepared dataset" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        main(["train", "--stage", "anneal", "--model", str(demo_dir / "base/model"), "--data",
-              str(demo_dir / "data-longrecipe"), "--output", str(tmp_path / "o"), "--max-steps", "1",
-              "--tokens-per-batch", "512"])
+        main(
+            [
+                "train",
+                "--stage",
+                "anneal",
+                "--model",
+                str(demo_dir / "base/model"),
+                "--data",
+                str(demo_dir / "data-longrecipe"),
+                "--output",
+                str(tmp_path / "o"),
+                "--max-steps",
+                "1",
+                "--tokens-per-batch",
+                "512",
+            ]
+        )
     assert e.value.code == 2 and "window" in capsys.readouterr().err
 
 

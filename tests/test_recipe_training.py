@@ -3,11 +3,12 @@
 import json
 import os
 import re
+from itertools import islice
 
 import pytest
 import torch
 
-from lr_train.data import PreparedDatasetWriter, PreparedDataset
+from lr_train.data import PreparedDataset, PreparedDatasetWriter
 from lr_train.evaluation import passkey_grid, perplexity_by_position
 from lr_train.models import build_model
 from lr_train.training import StageConfig, packed_batches, train_stage
@@ -43,13 +44,13 @@ def _params(model):
 
 def test_packed_batches_split_by_rank_and_resume(dataset):
     gen = packed_batches(dataset, 200, seed=1)
-    single = [b["input_ids"] for _, b in zip(range(6), gen(0))]
-    r0 = [b["input_ids"] for _, b in zip(range(3), gen(0, 0, 2))]
-    r1 = [b["input_ids"] for _, b in zip(range(3), gen(0, 1, 2))]
-    assert all(torch.equal(a, b) for a, b in zip(single[0::2], r0))
-    assert all(torch.equal(a, b) for a, b in zip(single[1::2], r1))
-    resumed = [b["input_ids"] for _, b in zip(range(2), gen(4))]
-    assert all(torch.equal(a, b) for a, b in zip(single[4:], resumed))
+    single = [b["input_ids"] for b in islice(gen(0), 6)]
+    r0 = [b["input_ids"] for b in islice(gen(0, 0, 2), 3)]
+    r1 = [b["input_ids"] for b in islice(gen(0, 1, 2), 3)]
+    assert all(torch.equal(a, b) for a, b in zip(single[0::2], r0, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(single[1::2], r1, strict=True))
+    resumed = [b["input_ids"] for b in islice(gen(4), 2)]
+    assert all(torch.equal(a, b) for a, b in zip(single[4:], resumed, strict=True))
 
 
 def test_resumed_training_equals_uninterrupted(tmp_path, tokenizer, dataset):
@@ -119,8 +120,15 @@ class _Oracle(torch.nn.Module):
 def test_passkey_grid_scores_answers(tokenizer, wrong, expected):
     from lr_train.toy import toy_corpus
 
-    grid = passkey_grid(_Oracle(tokenizer, wrong), tokenizer, " ".join(toy_corpus(3)), lengths=[64, 128],
-                        depths=[0.0, 0.5, 1.0], trials=2, progress=False)
+    grid = passkey_grid(
+        _Oracle(tokenizer, wrong),
+        tokenizer,
+        " ".join(toy_corpus(3)),
+        lengths=[64, 128],
+        depths=[0.0, 0.5, 1.0],
+        trials=2,
+        progress=False,
+    )
     assert grid.accuracy == [[expected] * 2] * 3 and grid.mean == expected
     assert {e["length"] for e in grid.examples} <= {64, 128}
 
@@ -135,6 +143,13 @@ def test_passkey_prompt_has_requested_length(tokenizer):
 
     from lr_train.toy import toy_corpus
 
-    passkey_grid(Spy(tokenizer), tokenizer, " ".join(toy_corpus(3)), lengths=[80, 200], depths=[0.3],
-                 trials=1, progress=False)
+    passkey_grid(
+        Spy(tokenizer),
+        tokenizer,
+        " ".join(toy_corpus(3)),
+        lengths=[80, 200],
+        depths=[0.3],
+        trials=1,
+        progress=False,
+    )
     assert seen == [80, 200]

@@ -3,6 +3,7 @@
 import os
 import struct
 import zlib
+from itertools import pairwise
 
 import pytest
 import torch
@@ -38,7 +39,11 @@ def test_set_context_window_updates_config():
     cfg = LlamaConfig(hidden_size=64, num_attention_heads=4, max_position_embeddings=256)
     theta = set_context_window(cfg, 1024)
     assert cfg.max_position_embeddings == 1024
-    assert cfg.rope_parameters["rope_theta"] == theta == pytest.approx(extended_rope_theta(10000.0, 16, 256, 1024))
+    assert (
+        cfg.rope_parameters["rope_theta"]
+        == theta
+        == pytest.approx(extended_rope_theta(10000.0, 16, 256, 1024))
+    )
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
@@ -49,7 +54,7 @@ def test_lr_schedule_shapes(schedule):
     if schedule == "constant":
         assert all(x == 1.0 for x in f[1:])
     else:
-        assert all(a >= b for a, b in zip(f[1:], f[2:]))
+        assert all(a >= b for a, b in pairwise(f[1:]))
         assert lr_factor(10, cfg) == pytest.approx(0.1)
 
 
@@ -89,7 +94,9 @@ def test_merge_state_dicts_averages_and_checks():
     a = {"w": torch.ones(2, 2, dtype=torch.bfloat16), "n": torch.tensor([1])}
     b = {"w": torch.full((2, 2), 3.0, dtype=torch.bfloat16), "n": torch.tensor([7])}
     m = merge_state_dicts(a, b)
-    assert m["w"].dtype == torch.bfloat16 and torch.equal(m["w"], torch.full((2, 2), 2.0, dtype=torch.bfloat16))
+    assert m["w"].dtype == torch.bfloat16 and torch.equal(
+        m["w"], torch.full((2, 2), 2.0, dtype=torch.bfloat16)
+    )
     assert torch.equal(m["n"], torch.tensor([7]))
     assert torch.equal(merge_state_dicts(a, b, weight=1.0)["w"], b["w"])
     with pytest.raises(ValueError, match="different parameters"):

@@ -27,12 +27,20 @@ TARGET = 1024
 
 
 def add_parser(sub):
-    p = sub.add_parser("demo", help="run the whole recipe on a tiny model on the CPU (no download)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "demo",
+        help="run the whole recipe on a tiny model on the CPU (no download)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--output", default="demo_out", help="work folder (default: ./demo_out)")
     p.add_argument("--fresh", action="store_true", help="delete --output first")
-    p.add_argument("--positions", choices=("longrecipe", "pose", "randpos", "full"), default="longrecipe",
-                   help="position method of the extend stage")
+    p.add_argument(
+        "--positions",
+        choices=("longrecipe", "pose", "randpos", "full"),
+        default="longrecipe",
+        help="position method of the extend stage",
+    )
     p.add_argument("--steps", type=int, default=60, help="extend steps (base: 2x, anneal: 1/3)")
     p.add_argument("--docs", type=int, default=400, help="documents in the synthetic corpus")
     p.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto")
@@ -66,13 +74,13 @@ def _step(title: str, quiet: bool) -> float:
 
 
 def demo(args) -> dict:
+    from transformers.utils import logging as hf_logging
+
     from lr_train.commands.eval import evaluate, write_results
     from lr_train.commands.merge import merge
     from lr_train.commands.prepare import prepare
     from lr_train.commands.train import train
     from lr_train.recipe import default_eval_texts
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars drown the stage output
     out = os.path.abspath(args.output)
@@ -92,17 +100,66 @@ def demo(args) -> dict:
         folder = os.path.join(out, name)
         if not os.path.exists(folder):
             extra = ["--drop-ratio", "0.5"] if positions == "longrecipe" else []
-            prepare(_cli(["prepare", "--tokenizer", "toy", "--input", src, "--output", folder,
-                          "--positions", positions, "--train-length", str(length),
-                          "--target-length", str(target), "--seed", "0", *extra, *q]))
+            prepare(
+                _cli(
+                    [
+                        "prepare",
+                        "--tokenizer",
+                        "toy",
+                        "--input",
+                        src,
+                        "--output",
+                        folder,
+                        "--positions",
+                        positions,
+                        "--train-length",
+                        str(length),
+                        "--target-length",
+                        str(target),
+                        "--seed",
+                        "0",
+                        *extra,
+                        *q,
+                    ]
+                )
+            )
         return folder
 
     def stage(name, stage_name, model, data, max_steps, lr, schedule, extra=()):
         folder = os.path.join(out, name)
-        train(_cli(["train", "--stage", stage_name, "--model", model, "--tokenizer", "toy", "--data", data,
-                    "--output", folder, "--max-steps", str(max_steps), "--tokens-per-batch", "2048",
-                    "--lr", str(lr), "--schedule", schedule, "--warmup-steps", str(max(max_steps // 10, 1)),
-                    "--save-every", str(max(max_steps // 2, 1)), "--backend", args.backend, *extra, *q]))
+        train(
+            _cli(
+                [
+                    "train",
+                    "--stage",
+                    stage_name,
+                    "--model",
+                    model,
+                    "--tokenizer",
+                    "toy",
+                    "--data",
+                    data,
+                    "--output",
+                    folder,
+                    "--max-steps",
+                    str(max_steps),
+                    "--tokens-per-batch",
+                    "2048",
+                    "--lr",
+                    str(lr),
+                    "--schedule",
+                    schedule,
+                    "--warmup-steps",
+                    str(max(max_steps // 10, 1)),
+                    "--save-every",
+                    str(max(max_steps // 2, 1)),
+                    "--backend",
+                    args.backend,
+                    *extra,
+                    *q,
+                ]
+            )
+        )
         return os.path.join(folder, "model")
 
     t = _step(f"0. base model: tiny Llama trained at a {BASE_WINDOW}-token window", args.quiet)
@@ -110,14 +167,22 @@ def demo(args) -> dict:
     base = stage("base", "extend", "tiny-llama", base_data, 2 * steps, 2e-3, "cosine")
     timings["base"] = time.perf_counter() - t
 
-    t = _step(f"1. prepare: {args.positions} positions, {TRAIN_LENGTH} tokens over a {TARGET} window", args.quiet)
-    ext_data = prep(f"data-{args.positions}", args.positions, TRAIN_LENGTH if args.positions != "full" else TARGET,
-                    TARGET, corpus)
+    t = _step(
+        f"1. prepare: {args.positions} positions, {TRAIN_LENGTH} tokens over a {TARGET} window", args.quiet
+    )
+    ext_data = prep(
+        f"data-{args.positions}",
+        args.positions,
+        TRAIN_LENGTH if args.positions != "full" else TARGET,
+        TARGET,
+        corpus,
+    )
     timings["prepare"] = time.perf_counter() - t
 
     t = _step("2. extend", args.quiet)
-    extended = stage("extend", "extend", base, ext_data, steps, 1e-3, "constant",
-                     ["--target-length", str(TARGET)])
+    extended = stage(
+        "extend", "extend", base, ext_data, steps, 1e-3, "constant", ["--target-length", str(TARGET)]
+    )
     timings["extend"] = time.perf_counter() - t
 
     t = _step("3. anneal: contiguous positions, falling learning rate", args.quiet)
@@ -156,9 +221,18 @@ def _evaluate(path, folder, args, evaluate, write_results, default_eval_texts) -
     tokenizer = load_tokenizer("toy")
     model = AutoModelForCausalLM.from_pretrained(path)
     patch(model, backend=args.backend, cross_entropy=False)
-    results = evaluate(model, tokenizer, default_eval_texts(), lengths=[BASE_WINDOW, TARGET // 2, TARGET],
-                       depths=[0.0, 0.5, 1.0], trials=2, ppl_length=TARGET, ppl_windows=4, seed=0,
-                       progress=not args.quiet)
+    results = evaluate(
+        model,
+        tokenizer,
+        default_eval_texts(),
+        lengths=[BASE_WINDOW, TARGET // 2, TARGET],
+        depths=[0.0, 0.5, 1.0],
+        trials=2,
+        ppl_length=TARGET,
+        ppl_windows=4,
+        seed=0,
+        progress=not args.quiet,
+    )
     results["model"] = path
     write_results(results, folder, overwrite=True)
     return results
@@ -167,12 +241,16 @@ def _evaluate(path, folder, args, evaluate, write_results, default_eval_texts) -
 def _summary(report: dict, out: str) -> str:
     base, merged = report["results"]["base"], report["results"]["merged"]
     edges = base["perplexity"]["bucket_edges"]
-    lines = [f"\nperplexity by position at {TARGET} tokens ({report['positions']} extension)",
-             f"{'positions':>12} {'base':>9} {'merged':>9}"]
-    for i, (a, b) in enumerate(zip(base["perplexity"]["ppl"], merged["perplexity"]["ppl"])):
+    lines = [
+        f"\nperplexity by position at {TARGET} tokens ({report['positions']} extension)",
+        f"{'positions':>12} {'base':>9} {'merged':>9}",
+    ]
+    for i, (a, b) in enumerate(zip(base["perplexity"]["ppl"], merged["perplexity"]["ppl"], strict=True)):
         lines.append(f"{edges[i]:>5}-{edges[i + 1] - 1:<6} {a:>9.2f} {b:>9.2f}")
-    lines.append(f"passkey accuracy (mean over grid): base {base['passkey']['mean']:.2f}, "
-                 f"merged {merged['passkey']['mean']:.2f}")
+    lines.append(
+        f"passkey accuracy (mean over grid): base {base['passkey']['mean']:.2f}, "
+        f"merged {merged['passkey']['mean']:.2f}"
+    )
     lines.append("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in report["seconds"].items()))
     lines.append(f"everything is in {out} (report.json; eval-*/passkey.png heat maps)")
     return "\n".join(lines)

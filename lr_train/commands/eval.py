@@ -17,8 +17,12 @@ import sys
 
 
 def add_parser(sub):
-    p = sub.add_parser("eval", help="passkey (needle-in-a-haystack) grid and perplexity by position",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "eval",
+        help="passkey (needle-in-a-haystack) grid and perplexity by position",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="model folder or hub name")
     p.add_argument("--tokenizer", default=None, help="default: the model's own; `toy` for the toy tokenizer")
     p.add_argument("--output", required=True, help="folder for results.json and passkey.png")
@@ -37,26 +41,58 @@ def add_parser(sub):
     return p
 
 
-def evaluate(model, tokenizer, texts: list[str], *, lengths, depths, trials, ppl_length, ppl_windows, seed,
-             progress=True) -> dict:
+def evaluate(
+    model,
+    tokenizer,
+    texts: list[str],
+    *,
+    lengths,
+    depths,
+    trials,
+    ppl_length,
+    ppl_windows,
+    seed,
+    progress=True,
+) -> dict:
     """Both evaluations on an already loaded model; returns a JSON-able dict."""
     from lr_train.evaluation import passkey_grid, perplexity_by_position
     from lr_train.recipe import token_stream
 
     model.eval()
+    window = model.config.max_position_embeddings
     for n in sorted({*lengths, ppl_length}):
-        if n > model.config.max_position_embeddings:
-            print(f"eval: note: length {n} is beyond the model's window ({model.config.max_position_embeddings})",
-                  file=sys.stderr)
+        if n > window:
+            print(f"eval: note: length {n} is beyond the model's window ({window})", file=sys.stderr)
     stream = token_stream(tokenizer, texts)
     ppl = perplexity_by_position(model, stream, length=ppl_length, max_windows=ppl_windows, progress=progress)
-    grid = passkey_grid(model, tokenizer, " ".join(texts), lengths=lengths, depths=depths, trials=trials,
-                        seed=seed, progress=progress)
+    grid = passkey_grid(
+        model,
+        tokenizer,
+        " ".join(texts),
+        lengths=lengths,
+        depths=depths,
+        trials=trials,
+        seed=seed,
+        progress=progress,
+    )
     return {
-        "perplexity": {"length": ppl.length, "bucket_edges": ppl.bucket_edges, "ppl": ppl.ppl, "nll": ppl.nll,
-                       "windows": ppl.windows, "table": ppl.table()},
-        "passkey": {"lengths": grid.lengths, "depths": grid.depths, "accuracy": grid.accuracy,
-                    "mean": grid.mean, "trials": grid.trials, "examples": grid.examples, "table": grid.table()},
+        "perplexity": {
+            "length": ppl.length,
+            "bucket_edges": ppl.bucket_edges,
+            "ppl": ppl.ppl,
+            "nll": ppl.nll,
+            "windows": ppl.windows,
+            "table": ppl.table(),
+        },
+        "passkey": {
+            "lengths": grid.lengths,
+            "depths": grid.depths,
+            "accuracy": grid.accuracy,
+            "mean": grid.mean,
+            "trials": grid.trials,
+            "examples": grid.examples,
+            "table": grid.table(),
+        },
     }
 
 
@@ -84,9 +120,18 @@ def run(args) -> int:
         if not args.no_patch:
             patch(model, backend=args.backend, cross_entropy=False)
         texts = read_texts(args.input) if args.input else default_eval_texts()
-        results = evaluate(model, tokenizer, texts, lengths=args.lengths, depths=args.depths, trials=args.trials,
-                           ppl_length=args.ppl_length or max(args.lengths), ppl_windows=args.ppl_windows,
-                           seed=args.seed, progress=not args.quiet)
+        results = evaluate(
+            model,
+            tokenizer,
+            texts,
+            lengths=args.lengths,
+            depths=args.depths,
+            trials=args.trials,
+            ppl_length=args.ppl_length or max(args.lengths),
+            ppl_windows=args.ppl_windows,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
         results["model"] = args.model
         write_results(results, args.output, overwrite=args.overwrite)
     except (ValueError, OSError) as exc:

@@ -6,8 +6,9 @@ import sys
 
 
 def add_parser(sub):
-    p = sub.add_parser("merge", help="average a trained model's weights with the original model's",
-                       description=__doc__)
+    p = sub.add_parser(
+        "merge", help="average a trained model's weights with the original model's", description=__doc__
+    )
     p.add_argument("--original", required=True, help="the model before extension (folder or hub name)")
     p.add_argument("--trained", required=True, help="the annealed model folder (its config is kept)")
     p.add_argument("--output", required=True)

@@ -28,12 +28,20 @@ def add_parser(sub):
     )
     p.add_argument("--stage", choices=sorted(STAGE_DEFAULTS), required=True)
     p.add_argument("--model", required=True, help="model folder / hub name, or a preset such as tiny-llama")
-    p.add_argument("--tokenizer", default=None, help="tokenizer (default: the model's own; `toy` for the toy one)")
+    p.add_argument(
+        "--tokenizer", default=None, help="tokenizer (default: the model's own; `toy` for the toy one)"
+    )
     p.add_argument("--data", required=True, help="folder written by `prepare`")
     p.add_argument("--output", required=True, help="stage folder: checkpoints/, model/, train_log.jsonl")
-    p.add_argument("--target-length", type=int, default=None,
-                   help="extend: context window to train for (default: the dataset's target length)")
-    p.add_argument("--rope-theta", type=float, default=None, help="extend: RoPE base (default: the paper's rule)")
+    p.add_argument(
+        "--target-length",
+        type=int,
+        default=None,
+        help="extend: context window to train for (default: the dataset's target length)",
+    )
+    p.add_argument(
+        "--rope-theta", type=float, default=None, help="extend: RoPE base (default: the paper's rule)"
+    )
     p.add_argument("--max-steps", type=int, required=True)
     p.add_argument("--tokens-per-batch", type=int, required=True, help="tokens per micro-batch (packed)")
     p.add_argument("--grad-accum", type=int, default=1)
@@ -68,8 +76,14 @@ def train(args) -> dict:
     target = args.target_length
     if args.stage == "extend" and target is None:
         target = int(settings.get("target_length", 0)) or None
-    model = load_model(args.model, tokenizer=tokenizer, target_length=target, rope_theta=args.rope_theta,
-                       dtype=args.dtype, seed=args.seed)
+    model = load_model(
+        args.model,
+        tokenizer=tokenizer,
+        target_length=target,
+        rope_theta=args.rope_theta,
+        dtype=args.dtype,
+        seed=args.seed,
+    )
     limit = model.config.max_position_embeddings
     if int(settings.get("target_length", 0)) > limit:
         raise ValueError(
@@ -111,6 +125,8 @@ def run(args) -> int:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
     final = summary.get("final") or {}
-    print(f"{args.stage}: {final.get('step')} steps, last loss {final.get('loss', float('nan')):.4f}; "
-          f"model in {args.output}/model")
+    print(
+        f"{args.stage}: {final.get('step')} steps, last loss {final.get('loss', float('nan')):.4f}; "
+        f"model in {args.output}/model"
+    )
     return 0
