@@ -1,21 +1,22 @@
-"""Segment selection and position index transformation. (Scaffold: filled in by the data work.)"""
+"""Segment selection and position index transformation (LongRecipe's data side, C++/CUDA in csrc/).
 
+``naive`` holds the plain-Python reference with bit-identical results.
+"""
 
-def split_segments(*args, **kwargs):
-    raise NotImplementedError
+from lr_kernels.positions.ops import (
+    extension_available,
+    pose_positions,
+    randpos_positions,
+    remap_positions,
+    select_segments,
+    split_segments,
+)
 
-
-def select_segments(*args, **kwargs):
-    raise NotImplementedError
-
-
-def remap_positions(*args, **kwargs):
-    raise NotImplementedError
-
-
-def randpos_positions(*args, **kwargs):
-    raise NotImplementedError
-
-
-def pose_positions(*args, **kwargs):
-    raise NotImplementedError
+__all__ = [
+    "extension_available",
+    "pose_positions",
+    "randpos_positions",
+    "remap_positions",
+    "select_segments",
+    "split_segments",
+]
