@@ -231,8 +231,9 @@ def _load_model(path: str, device: str, dtype: str):
 
 
 def analyze(args) -> dict:
-    from lr_train.commands.prepare import check_inputs, load_tokenizer
+    from lr_train.commands.prepare import check_inputs
     from lr_train.data.masks import save_impactful_mask, token_texts
+    from lr_train.recipe import load_tokenizer
 
     if not 0.0 < args.top_fraction < 1.0:
         raise ValueError(f"--top-fraction must lie in (0, 1), got {args.top_fraction}")

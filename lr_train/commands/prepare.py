@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lr_train.data.samples import POSITION_METHODS
+from lr_train.recipe import load_tokenizer
 
 TOKENIZE_BATCH = 256
 
@@ -110,17 +111,6 @@ def check_inputs(inputs: list[str]) -> None:
     for path in inputs:
         if not os.path.exists(path):
             raise InputError(f"{path}: no such file or folder")
-
-
-def load_tokenizer(name: str):
-    """The word `toy` gives the bundled toy tokenizer; anything else goes to AutoTokenizer."""
-    if name == "toy":
-        from lr_train.toy import toy_tokenizer
-
-        return toy_tokenizer()
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(name)
 
 
 def _tokenized(docs: Iterator[Document], tokenizer, vocab: int) -> Iterator[list[int]]:
