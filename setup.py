@@ -84,12 +84,19 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "train": ["transformers>=5.0,<6", "accelerate>=1.0", "safetensors>=0.4", "tokenizers>=0.20"],
+        "train": [
+            "transformers>=5.0,<6",
+            "accelerate>=1.0",
+            "safetensors>=0.4",
+            "tokenizers>=0.20",
+            "datasets>=2.14",
+        ],
         "dev": [
             "transformers>=5.0,<6",
             "accelerate>=1.0",
             "safetensors>=0.4",
             "tokenizers>=0.20",
+            "datasets>=2.14",
             "pytest>=8",
             "pytest-benchmark>=4",
             "ruff>=0.6",

@@ -149,7 +149,8 @@ def test_option_checks(corpus, tmp_path, capsys):
 
 
 def test_datasets_folder_input(corpus, tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     folder = tmp_path / "hf"
     datasets.Dataset.from_dict({"text": corpus["docs"][:30]}).save_to_disk(str(folder))
     assert prepare(tmp_path / "from_hf", [str(folder)], "--seed", "3") == 0
