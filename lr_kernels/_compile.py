@@ -22,3 +22,6 @@ class KernelSpec:
     num_warps: int = 4
     num_stages: int = 2
     extra: dict[str, Any] = field(default_factory=dict)  # shown in the report (e.g. tile sizes)
+    # True for kernels built around tl.dot: `python -m lr_kernels.report --check` then fails unless the
+    # SASS holds tensor-core instructions (HMMA on sm_80, HGMMA or HMMA on sm_90).
+    matmul: bool = False

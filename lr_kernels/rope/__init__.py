@@ -1,13 +1,6 @@
-"""Rotary position embeddings from arbitrary position ids. (Scaffold: filled in by the rope work.)"""
+"""Rotary position embeddings from arbitrary position ids: frequencies for HF rope types and the op."""
 
+from lr_kernels.rope.apply import apply_rope
+from lr_kernels.rope.frequencies import ROPE_TYPES, RopeFrequencies, rope_frequencies
 
-class RopeFrequencies:  # placeholder until the rope module lands
-    pass
-
-
-def rope_frequencies(*args, **kwargs):
-    raise NotImplementedError
-
-
-def apply_rope(*args, **kwargs):
-    raise NotImplementedError
+__all__ = ["ROPE_TYPES", "RopeFrequencies", "apply_rope", "rope_frequencies"]
