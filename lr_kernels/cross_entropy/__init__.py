@@ -1,13 +1,5 @@
-"""Fused linear cross-entropy and per-token log-probs. (Scaffold: filled in by the CE work.)"""
+"""Fused linear cross-entropy, per-token log-probs and entropies that never hold the [T, V] logits."""
 
+from lr_kernels.cross_entropy.interface import fused_linear_cross_entropy, token_entropy, token_logprobs
 
-def fused_linear_cross_entropy(*args, **kwargs):
-    raise NotImplementedError
-
-
-def token_logprobs(*args, **kwargs):
-    raise NotImplementedError
-
-
-def token_entropy(*args, **kwargs):
-    raise NotImplementedError
+__all__ = ["fused_linear_cross_entropy", "token_entropy", "token_logprobs"]
