@@ -1,9 +1,10 @@
-"""Varlen flash attention with fused RoPE. (Scaffold: filled in by the attention work.)"""
+"""Varlen flash attention with RoPE fused into the kernels (Triton), plus a PyTorch backend.
 
+Files: ``naive.py`` (plain reference, the test oracle), ``torch_impl.py`` (PyTorch backend),
+``flash.py`` (Triton kernels, launchers, autograd, compile specs), ``interface.py`` (public API).
+"""
 
-def varlen_attention(*args, **kwargs):
-    raise NotImplementedError
+from lr_kernels.attention.flash import report_specs
+from lr_kernels.attention.interface import cu_seqlens_from_position_ids, varlen_attention
 
-
-def cu_seqlens_from_position_ids(*args, **kwargs):
-    raise NotImplementedError
+__all__ = ["cu_seqlens_from_position_ids", "report_specs", "varlen_attention"]
