@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install lr_kernels + lr_train into it, with the dev tools.
-# torch is pinned to 2.13.0 unless one is already installed in the venv: pip then takes the CPU wheel
-# on CPU-only machines here, and PyPI's default build elsewhere. Set LR_TORCH_SPEC to choose another.
+# Create .venv (if missing) and install lr_kernels + lr_train into it, with the dev tools, at the versions
+# pinned in constraints.txt (the same set CI tests). torch is pinned to 2.13.0 unless one is already
+# installed in the venv: pip then takes the CPU wheel on CPU-only machines here, and PyPI's default build
+# elsewhere. Set LR_TORCH_SPEC to choose another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,9 +11,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # shellcheck disable=SC1091
 source .venv/bin/activate
-python -m pip install -q --upgrade pip setuptools wheel
+python -m pip install -q -c constraints.txt --upgrade pip setuptools wheel
 if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "${LR_TORCH_SPEC:-torch==2.13.0}"
 fi
-python -m pip install -q ninja
-python -m pip install -q --no-build-isolation -e ".[dev]"
+python -m pip install -q -c constraints.txt ninja
+python -m pip install -q -c constraints.txt --no-build-isolation -e ".[dev]"
