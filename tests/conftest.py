@@ -5,6 +5,12 @@ import os
 import pytest
 import torch
 
+# Threads for the cores this process may use, not the machine's: oversubscribed OpenMP threads make CPU
+# runs many times slower on shared or CPU-limited machines (CI has 2 cores).
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+os.environ.setdefault("OMP_NUM_THREADS", str(_CORES))
+torch.set_num_threads(min(torch.get_num_threads(), _CORES))
+
 if not torch.cuda.is_available():
     # Must be set before triton.jit decorates any kernel (i.e. before lr_kernels is imported).
     os.environ.setdefault("TRITON_INTERPRET", "1")

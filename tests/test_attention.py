@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import lr_kernels as lk
+from lr_kernels._compile import device_arch, target_arch
 from lr_kernels.attention import flash
 from lr_kernels.attention.flash import AttentionParams, attention_bwd, attention_fwd
 from lr_kernels.attention.naive import naive_varlen_attention
@@ -328,35 +329,48 @@ def test_cu_seqlens_from_position_ids_bad_input(positions, message):
 _GPU_CONFIGS = sorted({(fam, dim) for table in flash._TUNED.values() for fam, dim in table})
 
 
-@pytest.mark.parametrize(
-    ("family", "dim_class"), _GPU_CONFIGS, ids=[f"sm{a}-Dclass{d}" for a, d in _GPU_CONFIGS]
-)
-def test_gpu_tile_configs_match_reference(family, dim_class, monkeypatch, triton_backend):
-    """The launchers with the exact (BM, BN) tiles shipped for a GPU family: the causal-skip bounds and
-    the boundary masks depend on the BM/BN ratio, which the small interpreter tiles alone do not cover."""
-
-    def gpu_config(kernel, arch, dtype, head_dim):
-        if kernel == "attention_bwd_preprocess":
-            return flash.AttentionConfig(BM=32, BN=1, num_warps=4, num_stages=1)
-        return flash.AttentionConfig(*flash._TUNED[kernel][(family, dim_class)])
-
-    monkeypatch.setattr(flash, "attention_config", gpu_config)
-    case = Case((1, 17, 70), 4, 2, 16, True, "remap20")
-    check_against_reference(case, torch.float16, triton_backend)
+@pytest.mark.parametrize(("family", "dim_class"), _GPU_CONFIGS, ids=[f"sm{a}-D{d}" for a, d in _GPU_CONFIGS])
+def test_gpu_tile_configs_match_reference(family, dim_class, triton_backend):
+    """The launchers with the exact tiles shipped for a GPU family at its head dim (target_arch makes them
+    pick that GPU's config): the causal-skip bounds and the boundary masks depend on the BM/BN ratio,
+    which the small interpreter tiles alone do not cover."""
+    case = Case((1, 70, 133), 4, 2, dim_class, True, "remap20", attention_scaling=1.1)
+    with target_arch(family):
+        for kernel in ("attention_fwd", "attention_bwd_dkdv", "attention_bwd_dq"):
+            assert flash.attention_config(kernel, device_arch(torch.empty(1)), "fp16", dim_class) == (
+                flash.AttentionConfig(*flash._TUNED[kernel][(family, dim_class)])
+            )
+        check_against_reference(case, torch.float16, triton_backend)
 
 
-@pytest.mark.parametrize("arch", [80, 90])
-def test_report_specs_cover_shipped_configs(arch):
-    specs = flash.report_specs(arch)
-    seen = {(s.kernel, s.dtype, s.head_dim) for s in specs}
-    for kernel in flash.KERNELS:
-        for dtype in ("fp16", "bf16"):
-            for head_dim in (64, 80, 128):
-                assert (kernel, dtype, head_dim) in seen
-    for s in specs:
-        cfg = flash.attention_config(s.kernel, arch, s.dtype, s.head_dim)
-        assert (s.num_warps, s.num_stages) == (cfg.num_warps, cfg.num_stages)
-        assert s.constexprs["BM"] == cfg.BM
-        assert s.matmul == (s.kernel != "attention_bwd_preprocess")
-        assert set(s.signature) == set(s.fn.arg_names)
-        assert {n for n, t in s.signature.items() if t == "constexpr"} == set(s.constexprs)
+def test_more_sequences_than_one_grid_holds(monkeypatch, triton_backend):
+    """Batches over the grid's z limit (65535 sequences on CUDA) are launched in chunks of sequences;
+    shrunk here to 4 so that 11 sequences take three launches of each kernel."""
+    monkeypatch.setattr(flash, "SEQS_PER_LAUNCH", 4)
+    cu = torch.tensor([0, 1, 3, 6, 10], dtype=torch.int32)
+    assert [(c[0].item(), n) for c, n in flash._seq_chunks(torch.arange(12, dtype=torch.int32))] == [
+        (0, 4), (4, 4), (8, 3)
+    ]  # fmt: skip
+    assert [n for _, n in flash._seq_chunks(cu)] == [4]
+    chunks = []
+    real = flash._seq_chunks
+
+    def spy(cu_seqlens):
+        out = real(cu_seqlens)
+        chunks.append([n for _, n in out])
+        return out
+
+    monkeypatch.setattr(flash, "_seq_chunks", spy)
+    case = Case((3, 1, 9, 2, 5, 17, 1, 4, 6, 2, 8), 4, 2, 16, True, "remap17")
+    check_against_reference(case, torch.float32, triton_backend)
+    assert chunks == [[4, 4, 3]] * 3  # forward, dk/dv, dq
+
+
+def test_report_cases_cover_shipped_configs():
+    for arch in (80, 90):
+        cases = flash.report_cases(arch)
+        seen = {(c.dtype, c.head_dim, c.rope) for c in cases}
+        assert seen == {
+            (d, h, r) for d in ("fp16", "bf16") for h in flash.REPORT_HEAD_DIMS for r in (True, False)
+        }
+        assert all(c.matmul == {"attention_fwd", "attention_bwd_dkdv", "attention_bwd_dq"} for c in cases)

@@ -1,82 +1,49 @@
-"""Varlen FlashAttention-2 with RoPE fused into the tile loads (Triton), forward and backward.
+"""Varlen FlashAttention-2 with RoPE from arbitrary position ids (Triton), forward and backward.
 
 Layout: q [T, H, D], k/v [T, Hkv, D] packed, sequences delimited by int32 cu_seqlens [B+1].
 Every kernel grid is (tiles of the longest sequence, heads, sequences); tiles past the end of their
 sequence exit at once, so no host sync is needed to build the grid.
 
-RoPE (rotate-half) is applied to the q and k tiles in registers after loading. The two halves of the
-head dim are loaded as separate [rows, BH] blocks, rotated, and q @ k^T is computed as
-q1 @ k1^T + q2 @ k2^T; the rotated tensors never exist in memory. Backward recomputes the rotation,
-accumulates dq/dk in the rotated frame and applies the inverse rotation before storing, so the
-gradients are with respect to the un-rotated inputs. ``attention_scaling`` multiplies cos and sin,
-i.e. scales q and k each, as Hugging Face applies it.
+Where the rotation happens (chosen by compiling each candidate for sm_80/sm_90 and counting the SASS of
+the main loop; docs/attention.md has the numbers). A tile that a program keeps for its whole life is
+rotated in registers once, in the prologue; a tile that streams through the main loop is read already
+rotated, so the main loops are instruction for instruction those of plain attention:
 
-Half head dims are padded to a power of two >= 16 (masked), which is how D = 80 or 96 work.
-Row offsets are int64, so T * H * D may exceed 2**31. float32 inputs use IEEE dots (no TF32).
+- forward: q is resident and rotated in the prologue; k streams, so the launcher first rotates k once
+  with the RoPE kernel into a temporary [T, Hkv, D] (a quarter of q's size with Llama-3's 4:1 GQA),
+  freed when the forward returns. Nothing rotated is saved for the backward.
+- backward: the launcher rotates q into the buffer that becomes dq and k into a temporary. dk/dv reads
+  the rotated q tiles; dq reads its own rotated q tile, accumulates in the rotated frame and writes the
+  gradient, rotated back to the input frame, over that same tile (a program touches only its own
+  rows, so the in-place write is safe). dk is rotated back in the dk/dv epilogue the same way.
+
+Angles always come from ``rope_angle`` (exact splitting, within 3e-6 rad of float64 up to 2**28) and
+``rope_cos_sin``, in the kernels here and in the RoPE kernel, so every rotation is the same function.
+``attention_scaling`` multiplies cos and sin, i.e. scales q and k each, as Hugging Face applies it.
+
+Half head dims are padded to a power of two >= 16 (masked), which is how D = 80 or 96 work. Row offsets
+are int64, so T * H * D may exceed 2**31. float32 inputs use IEEE dots (no TF32). The log-sum-exp saved
+for the backward is in log2 units, so the backward rebuilds exactly the forward's exponent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-from lr_kernels._compile import KernelSpec
-from lr_kernels.rope.angles import rope_angle
+from lr_kernels._compile import ReportCase, device_arch
+from lr_kernels.rope.fused import rope_fwd, rope_table
 
 LOG2E = 1.4426950408889634
-LN2 = tl.constexpr(0.6931471805599453)
 
-
-@triton.jit
-def _rope_cos_sin(POS, INV_FREQ, rows, m_rows, offs_h, HALF: tl.constexpr, rope_scaling):
-    # cos/sin of the rows' angles, fp32 [R, BH]; scaled by attention_scaling (HF folds it into cos/sin).
-    b_pos = tl.load(POS + rows, mask=m_rows, other=0)
-    b_freq = tl.load(INV_FREQ + offs_h, mask=offs_h < HALF, other=0.0)
-    b_ang = rope_angle(b_pos[:, None], b_freq[None, :])
-    b_sin, b_cos = _sincos(b_ang)
-    return b_cos * rope_scaling, b_sin * rope_scaling
-
-
-@triton.jit
-def _sincos(x):
-    # sin and cos of a float32 |x| <~ 4*pi (rope_angle's range) to ~1e-7, with FMAs only. tl.sin/tl.cos
-    # lower to libdevice, whose huge-argument fallback keeps a local-memory array (stack, spills).
-    q = tl.floor(x * 0.6366197723675814 + 0.5)  # nearest multiple of pi/2
-    r = tl.fma(-q, 1.5707963705062866, x)  # pi/2 = 1.5707963705062866 - 4.371139000186243e-08
-    r = tl.fma(q, 4.371139000186243e-08, r)
-    r2 = r * r
-    # Taylor series on |r| <= pi/4: truncation error < 3e-9.
-    s = r + r * r2 * (
-        -1.6666666666666666e-01
-        + r2
-        * (
-            8.3333333333333333e-03
-            + r2 * (-1.9841269841269841e-04 + r2 * (2.7557319223985891e-06 + r2 * -2.5052108385441720e-08))
-        )
-    )
-    c = 1.0 + r2 * (
-        -0.5
-        + r2
-        * (
-            4.1666666666666666e-02
-            + r2
-            * (
-                -1.3888888888888889e-03
-                + r2 * (2.4801587301587302e-05 + r2 * (-2.7557319223985891e-07 + r2 * 2.0876756987868099e-09))
-            )
-        )
-    )
-    quadrant = q.to(tl.int32) & 3
-    odd = (quadrant & 1) != 0
-    b_sin = tl.where(odd, c, s)
-    b_cos = tl.where(odd, s, c)
-    b_sin = tl.where(quadrant >= 2, -b_sin, b_sin)
-    b_cos = tl.where(((quadrant + 1) & 2) != 0, -b_cos, b_cos)
-    return b_sin, b_cos
+# CUDA caps the grid's z dimension (our sequence index) at 65535. Longer batches are launched in chunks of
+# this many sequences; a multiple of 4 keeps each chunk's view of cu_seqlens 16-byte aligned, so every
+# chunk compiles to the same aligned specialization as a single launch.
+SEQS_PER_LAUNCH = 65532
 
 
 @triton.jit
@@ -89,17 +56,56 @@ def _tile_mask(m_rows, offs_cols, N_COLS: tl.constexpr, BC: tl.constexpr):
 
 
 @triton.jit
-def _rotate(b_x1, b_x2, b_cos, b_sin):
-    # Rotate in fp32, return in the input dtype so the following dots run on tensor cores.
-    x1 = b_x1.to(tl.float32)
-    x2 = b_x2.to(tl.float32)
-    return (x1 * b_cos - x2 * b_sin).to(b_x1.dtype), (x2 * b_cos + x1 * b_sin).to(b_x1.dtype)
+def _seq_bounds(CU, i_b):
+    seq_start = tl.load(CU + i_b)
+    return seq_start, tl.load(CU + i_b + 1) - seq_start
 
 
 @triton.jit
-def _unrotate(b_g1, b_g2, b_cos, b_sin):
-    # Transpose of _rotate: maps a gradient in the rotated frame back to the input frame.
-    return b_g1 * b_cos + b_g2 * b_sin, b_g2 * b_cos - b_g1 * b_sin
+def _half_ptrs(X, rows, head, stride_t, stride_h, offs_h):
+    # [R, BH] pointers to the first half of the head dim; the second half is at + HALF.
+    return X + rows[:, None] * stride_t + head.to(tl.int64) * stride_h + offs_h[None, :]
+
+
+@triton.jit
+def _rope_rotate(b_x1, b_x2, CS, rows, m_rows, offs_h, HALF: tl.constexpr, SIN_SIGN: tl.constexpr):
+    # Rotate-half RoPE of the rows' halves in fp32 (SIN_SIGN=-1: the inverse rotation, which maps a
+    # gradient in the rotated frame back to the input frame). cos/sin come from the [T, 2, HALF] table
+    # (rope_table): computing them here would hold the angle reduction's temporaries on top of the
+    # accumulators, and one table row keeps cos and sin under one pointer tile, like the two halves of x.
+    p_cs = CS + rows[:, None] * (2 * HALF) + offs_h[None, :]
+    m_cs = m_rows[:, None] & (offs_h < HALF)[None, :]
+    b_cos = tl.load(p_cs, mask=m_cs, other=0.0)
+    b_sin = tl.load(p_cs + HALF, mask=m_cs, other=0.0)
+    if SIN_SIGN < 0:
+        b_sin = -b_sin
+    x1 = b_x1.to(tl.float32)
+    x2 = b_x2.to(tl.float32)
+    return x1 * b_cos - x2 * b_sin, x2 * b_cos + x1 * b_sin
+
+
+@triton.jit
+def _store_grad_halves(
+    DX, b_g1, b_g2, rows, m_rows, head, stride_t, stride_h, offs_h, CS, HALF: tl.constexpr,
+    BH: tl.constexpr, HAS_ROPE: tl.constexpr,
+):  # fmt: skip
+    # Stores a gradient accumulated in the rotated frame. With RoPE it is written, read back in the load
+    # layout and rotated back there: rotating the accumulators in place would first move the cos/sin tile
+    # into the accumulator layout through shared memory, and that staging raised the kernel's register
+    # count by up to 30. The tile is the program's own and still in L1/L2; the barrier makes every
+    # thread's writes visible to the threads that read them back.
+    p_g = _half_ptrs(DX, rows, head, stride_t, stride_h, offs_h)
+    m_g = _tile_mask(m_rows, offs_h, HALF, BH)
+    tl.store(p_g, b_g1.to(DX.dtype.element_ty), mask=m_g)
+    tl.store(p_g + HALF, b_g2.to(DX.dtype.element_ty), mask=m_g)
+    if HAS_ROPE:
+        tl.debug_barrier()
+        b_r1, b_r2 = _rope_rotate(
+            tl.load(p_g, mask=m_g, other=0.0), tl.load(p_g + HALF, mask=m_g, other=0.0), CS, rows, m_rows,
+            offs_h, HALF, -1.0,
+        )  # fmt: skip
+        tl.store(p_g, b_r1.to(DX.dtype.element_ty), mask=m_g)
+        tl.store(p_g + HALF, b_r2.to(DX.dtype.element_ty), mask=m_g)
 
 
 @triton.jit
@@ -110,8 +116,7 @@ def attention_fwd_kernel(
     OUT,
     LSE,
     CU,
-    POS,
-    INV_FREQ,
+    CS,
     stride_qt,
     stride_qh,
     stride_kt,
@@ -122,7 +127,6 @@ def attention_fwd_kernel(
     stride_oh,
     T,
     qk_scale,
-    rope_scaling,
     HALF: tl.constexpr,
     D: tl.constexpr,
     GROUP: tl.constexpr,
@@ -134,12 +138,11 @@ def attention_fwd_kernel(
     HAS_ROPE: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
+    # With HAS_ROPE, K holds keys already rotated (by the launcher); only the resident q tile is rotated.
     # Longest-first: with causal masking the last query tiles of a sequence carry the most work.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     i_h = tl.program_id(1)
-    i_b = tl.program_id(2)
-    seq_start = tl.load(CU + i_b)
-    L = tl.load(CU + i_b + 1) - seq_start
+    seq_start, L = _seq_bounds(CU, tl.program_id(2))
     start_m = pid_m * BM
     if start_m >= L:
         return
@@ -151,29 +154,28 @@ def attention_fwd_kernel(
     m_m = offs_m < L
     rows_m = (seq_start + offs_m).to(tl.int64)
 
-    p_q = Q + rows_m[:, None] * stride_qt + i_h * stride_qh + offs_h[None, :]
+    p_q = _half_ptrs(Q, rows_m, i_h, stride_qt, stride_qh, offs_h)
     m_q = _tile_mask(m_m, offs_h, HALF, BH)
     b_q1 = tl.load(p_q, mask=m_q, other=0.0)
     b_q2 = tl.load(p_q + HALF, mask=m_q, other=0.0)
     if HAS_ROPE:
-        b_cq, b_sq = _rope_cos_sin(POS, INV_FREQ, rows_m, m_m, offs_h, HALF, rope_scaling)
-        b_q1, b_q2 = _rotate(b_q1, b_q2, b_cq, b_sq)
+        r_q1, r_q2 = _rope_rotate(b_q1, b_q2, CS, rows_m, m_m, offs_h, HALF, 1.0)
+        b_q1 = r_q1.to(Q.dtype.element_ty)
+        b_q2 = r_q2.to(Q.dtype.element_ty)
 
     b_m = tl.full([BM], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BM], dtype=tl.float32)
     b_acc = tl.zeros([BM, BDV], dtype=tl.float32)
+    p_k0 = K + seq_start.to(tl.int64) * stride_kt + i_hk.to(tl.int64) * stride_kh
+    p_v0 = V + seq_start.to(tl.int64) * stride_vt + i_hk.to(tl.int64) * stride_vh
     end_n = tl.minimum(L, start_m + BM) if CAUSAL else L
     for start_n in range(0, end_n, BN):
         offs_n = start_n + tl.arange(0, BN)
         m_n = offs_n < L
-        rows_n = (seq_start + offs_n).to(tl.int64)
-        p_k = K + rows_n[:, None] * stride_kt + i_hk * stride_kh + offs_h[None, :]
+        p_k = p_k0 + offs_n[:, None].to(tl.int64) * stride_kt + offs_h[None, :]
         m_k = _tile_mask(m_n, offs_h, HALF, BH)
         b_k1 = tl.load(p_k, mask=m_k, other=0.0)
         b_k2 = tl.load(p_k + HALF, mask=m_k, other=0.0)
-        if HAS_ROPE:
-            b_ck, b_sk = _rope_cos_sin(POS, INV_FREQ, rows_n, m_n, offs_h, HALF, rope_scaling)
-            b_k1, b_k2 = _rotate(b_k1, b_k2, b_ck, b_sk)
         # [BM, BH] @ [BH, BN] twice -> [BM, BN]
         b_s = tl.dot(b_q1, tl.trans(b_k1), input_precision=DOT_PREC)
         b_s = tl.dot(b_q2, tl.trans(b_k2), b_s, input_precision=DOT_PREC)
@@ -187,18 +189,18 @@ def attention_fwd_kernel(
         b_p = tl.exp2(b_s - b_m_new[:, None])
         b_alpha = tl.exp2(b_m - b_m_new)
         b_l = b_l * b_alpha + tl.sum(b_p, 1)
-        p_v = V + rows_n[:, None] * stride_vt + i_hk * stride_vh + offs_d[None, :]
+        p_v = p_v0 + offs_n[:, None].to(tl.int64) * stride_vt + offs_d[None, :]
         b_v = tl.load(p_v, mask=_tile_mask(m_n, offs_d, D, BDV), other=0.0)
         # [BM, BN] @ [BN, BDV] -> [BM, BDV]
         b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc * b_alpha[:, None], input_precision=DOT_PREC)
         b_m = b_m_new
 
     b_acc = b_acc / b_l[:, None]
-    p_o = OUT + rows_m[:, None] * stride_ot + i_h * stride_oh + offs_d[None, :]
+    p_o = OUT + rows_m[:, None] * stride_ot + i_h.to(tl.int64) * stride_oh + offs_d[None, :]
     tl.store(p_o, b_acc.to(OUT.dtype.element_ty), mask=_tile_mask(m_m, offs_d, D, BDV))
-    # Natural-log logsumexp of the scaled scores; b_m is in log2 units.
-    b_lse = (b_m + tl.log2(b_l)) * LN2
-    tl.store(LSE + i_h.to(tl.int64) * T + rows_m, b_lse, mask=m_m)
+    # log2-domain logsumexp of the scaled scores (b_m is in log2 units): the backward's exponent
+    # s * qk_scale - lse then reproduces the forward's exactly.
+    tl.store(LSE + i_h.to(tl.int64) * T + rows_m, b_m + tl.log2(b_l), mask=m_m)
 
 
 @triton.jit
@@ -216,7 +218,7 @@ def attention_bwd_preprocess_kernel(
     BDV: tl.constexpr,
 ):
     i_t = tl.program_id(0)
-    i_h = tl.program_id(1)
+    i_h = tl.program_id(1).to(tl.int64)
     rows = (i_t * BM + tl.arange(0, BM)).to(tl.int64)
     offs_d = tl.arange(0, BDV)
     m_t = rows < T
@@ -224,7 +226,7 @@ def attention_bwd_preprocess_kernel(
     b_o = tl.load(OUT + rows[:, None] * stride_ot + i_h * stride_oh + offs_d[None, :], mask=m, other=0.0)
     b_do = tl.load(DO + rows[:, None] * stride_dot + i_h * stride_doh + offs_d[None, :], mask=m, other=0.0)
     b_delta = tl.sum(b_o.to(tl.float32) * b_do.to(tl.float32), 1)
-    tl.store(DELTA + i_h.to(tl.int64) * T + rows, b_delta, mask=m_t)
+    tl.store(DELTA + i_h * T + rows, b_delta, mask=m_t)
 
 
 @triton.jit
@@ -238,8 +240,7 @@ def attention_bwd_dkdv_kernel(
     DK,
     DV,
     CU,
-    POS,
-    INV_FREQ,
+    CS,
     stride_qt,
     stride_qh,
     stride_kt,
@@ -255,7 +256,6 @@ def attention_bwd_dkdv_kernel(
     T,
     sm_scale,
     qk_scale,
-    rope_scaling,
     HALF: tl.constexpr,
     D: tl.constexpr,
     GROUP: tl.constexpr,
@@ -267,13 +267,13 @@ def attention_bwd_dkdv_kernel(
     HAS_ROPE: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
+    # With HAS_ROPE, Q and K hold rotated queries and keys; dk is rotated back in the epilogue.
     # One program owns a key/value tile of one kv head and accumulates over every query head of its
     # GQA group in registers: no atomics, no per-head partial buffers, deterministic sums.
-    pid_n = tl.num_programs(0) - 1 - tl.program_id(0)
+    # Causal: key tile 0 is seen by every query tile, so ascending program ids run longest-first.
+    pid_n = tl.program_id(0)
     i_hk = tl.program_id(1)
-    i_b = tl.program_id(2)
-    seq_start = tl.load(CU + i_b)
-    L = tl.load(CU + i_b + 1) - seq_start
+    seq_start, L = _seq_bounds(CU, tl.program_id(2))
     start_n = pid_n * BN
     if start_n >= L:
         return
@@ -284,15 +284,13 @@ def attention_bwd_dkdv_kernel(
     m_n = offs_n < L
     rows_n = (seq_start + offs_n).to(tl.int64)
 
-    p_k = K + rows_n[:, None] * stride_kt + i_hk * stride_kh + offs_h[None, :]
+    p_k = _half_ptrs(K, rows_n, i_hk, stride_kt, stride_kh, offs_h)
     m_k = _tile_mask(m_n, offs_h, HALF, BH)
     b_k1 = tl.load(p_k, mask=m_k, other=0.0)
     b_k2 = tl.load(p_k + HALF, mask=m_k, other=0.0)
-    if HAS_ROPE:
-        b_ck, b_sk = _rope_cos_sin(POS, INV_FREQ, rows_n, m_n, offs_h, HALF, rope_scaling)
-        b_k1, b_k2 = _rotate(b_k1, b_k2, b_ck, b_sk)
     m_nd = _tile_mask(m_n, offs_d, D, BDV)
-    b_v = tl.load(V + rows_n[:, None] * stride_vt + i_hk * stride_vh + offs_d[None, :], mask=m_nd, other=0.0)
+    p_v = V + rows_n[:, None] * stride_vt + i_hk.to(tl.int64) * stride_vh + offs_d[None, :]
+    b_v = tl.load(p_v, mask=m_nd, other=0.0)
 
     b_dk1 = tl.zeros([BN, BH], dtype=tl.float32)
     b_dk2 = tl.zeros([BN, BH], dtype=tl.float32)
@@ -301,7 +299,7 @@ def attention_bwd_dkdv_kernel(
     lo = (start_n // BM) * BM if CAUSAL else 0
     n_tiles = tl.cdiv(L - lo, BM)
     # One flat loop over (query tile, head of the group): a nested head loop made ptxas's register
-    # allocation collapse (32 registers, kilobytes of spills); the angles are recomputed per head.
+    # allocation collapse (32 registers, kilobytes of spills).
     for it in range(0, n_tiles * GROUP):
         start_m = lo + (it // GROUP) * BM
         i_h = i_hk * GROUP + it % GROUP
@@ -312,15 +310,12 @@ def attention_bwd_dkdv_kernel(
         m_s = m_m[None, :]
         if CAUSAL:
             m_s = m_s & (offs_m[None, :] >= offs_n[:, None])
-        p_q = Q + rows_m[:, None] * stride_qt + i_h * stride_qh + offs_h[None, :]
+        p_q = _half_ptrs(Q, rows_m, i_h, stride_qt, stride_qh, offs_h)
         b_q1 = tl.load(p_q, mask=m_q, other=0.0)
         b_q2 = tl.load(p_q + HALF, mask=m_q, other=0.0)
-        if HAS_ROPE:
-            b_cq, b_sq = _rope_cos_sin(POS, INV_FREQ, rows_m, m_m, offs_h, HALF, rope_scaling)
-            b_q1, b_q2 = _rotate(b_q1, b_q2, b_cq, b_sq)
-        p_do = DO + rows_m[:, None] * stride_dot + i_h * stride_doh + offs_d[None, :]
+        p_do = DO + rows_m[:, None] * stride_dot + i_h.to(tl.int64) * stride_doh + offs_d[None, :]
         b_do = tl.load(p_do, mask=_tile_mask(m_m, offs_d, D, BDV), other=0.0)
-        b_lse = tl.load(LSE + i_h.to(tl.int64) * T + rows_m, mask=m_m, other=0.0) * 1.4426950408889634
+        b_lse = tl.load(LSE + i_h.to(tl.int64) * T + rows_m, mask=m_m, other=0.0)
         b_delta = tl.load(DELTA + i_h.to(tl.int64) * T + rows_m, mask=m_m, other=0.0)
         # [BN, BH] @ [BH, BM] twice -> scores transposed, [BN, BM]
         b_st = tl.dot(b_k1, tl.trans(b_q1), input_precision=DOT_PREC)
@@ -335,17 +330,13 @@ def attention_bwd_dkdv_kernel(
         b_dk1 = tl.dot(b_dst, b_q1, b_dk1, input_precision=DOT_PREC)
         b_dk2 = tl.dot(b_dst, b_q2, b_dk2, input_precision=DOT_PREC)
 
+    p_dv = DV + rows_n[:, None] * stride_dvt + i_hk.to(tl.int64) * stride_dvh + offs_d[None, :]
+    tl.store(p_dv, b_dv.to(DV.dtype.element_ty), mask=m_nd)
     b_dk1 = b_dk1 * sm_scale
     b_dk2 = b_dk2 * sm_scale
-    if HAS_ROPE:
-        # Recomputed instead of kept live across the loop: registers, not ALU, are the scarce resource.
-        b_ck, b_sk = _rope_cos_sin(POS, INV_FREQ, rows_n, m_n, offs_h, HALF, rope_scaling)
-        b_dk1, b_dk2 = _unrotate(b_dk1, b_dk2, b_ck, b_sk)
-    p_dk = DK + rows_n[:, None] * stride_dkt + i_hk * stride_dkh + offs_h[None, :]
-    tl.store(p_dk, b_dk1.to(DK.dtype.element_ty), mask=m_k)
-    tl.store(p_dk + HALF, b_dk2.to(DK.dtype.element_ty), mask=m_k)
-    p_dv = DV + rows_n[:, None] * stride_dvt + i_hk * stride_dvh + offs_d[None, :]
-    tl.store(p_dv, b_dv.to(DV.dtype.element_ty), mask=m_nd)
+    _store_grad_halves(
+        DK, b_dk1, b_dk2, rows_n, m_n, i_hk, stride_dkt, stride_dkh, offs_h, CS, HALF, BH, HAS_ROPE
+    )  # fmt: skip
 
 
 @triton.jit
@@ -358,8 +349,7 @@ def attention_bwd_dq_kernel(
     DELTA,
     DQ,
     CU,
-    POS,
-    INV_FREQ,
+    CS,
     stride_qt,
     stride_qh,
     stride_kt,
@@ -373,7 +363,6 @@ def attention_bwd_dq_kernel(
     T,
     sm_scale,
     qk_scale,
-    rope_scaling,
     HALF: tl.constexpr,
     D: tl.constexpr,
     GROUP: tl.constexpr,
@@ -385,11 +374,11 @@ def attention_bwd_dq_kernel(
     HAS_ROPE: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
+    # With HAS_ROPE, Q and K hold rotated queries and keys (Q may be DQ's own buffer); dq is rotated back
+    # in the epilogue.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     i_h = tl.program_id(1)
-    i_b = tl.program_id(2)
-    seq_start = tl.load(CU + i_b)
-    L = tl.load(CU + i_b + 1) - seq_start
+    seq_start, L = _seq_bounds(CU, tl.program_id(2))
     start_m = pid_m * BM
     if start_m >= L:
         return
@@ -401,33 +390,28 @@ def attention_bwd_dq_kernel(
     m_m = offs_m < L
     rows_m = (seq_start + offs_m).to(tl.int64)
 
-    p_q = Q + rows_m[:, None] * stride_qt + i_h * stride_qh + offs_h[None, :]
+    p_q = _half_ptrs(Q, rows_m, i_h, stride_qt, stride_qh, offs_h)
     m_q = _tile_mask(m_m, offs_h, HALF, BH)
     b_q1 = tl.load(p_q, mask=m_q, other=0.0)
     b_q2 = tl.load(p_q + HALF, mask=m_q, other=0.0)
-    if HAS_ROPE:
-        b_cq, b_sq = _rope_cos_sin(POS, INV_FREQ, rows_m, m_m, offs_h, HALF, rope_scaling)
-        b_q1, b_q2 = _rotate(b_q1, b_q2, b_cq, b_sq)
-    p_do = DO + rows_m[:, None] * stride_dot + i_h * stride_doh + offs_d[None, :]
+    p_do = DO + rows_m[:, None] * stride_dot + i_h.to(tl.int64) * stride_doh + offs_d[None, :]
     b_do = tl.load(p_do, mask=_tile_mask(m_m, offs_d, D, BDV), other=0.0)
-    b_lse = tl.load(LSE + i_h.to(tl.int64) * T + rows_m, mask=m_m, other=0.0) * 1.4426950408889634
+    b_lse = tl.load(LSE + i_h.to(tl.int64) * T + rows_m, mask=m_m, other=0.0)
     b_delta = tl.load(DELTA + i_h.to(tl.int64) * T + rows_m, mask=m_m, other=0.0)
 
     b_dq1 = tl.zeros([BM, BH], dtype=tl.float32)
     b_dq2 = tl.zeros([BM, BH], dtype=tl.float32)
+    p_k0 = K + seq_start.to(tl.int64) * stride_kt + i_hk.to(tl.int64) * stride_kh
+    p_v0 = V + seq_start.to(tl.int64) * stride_vt + i_hk.to(tl.int64) * stride_vh
     end_n = tl.minimum(L, start_m + BM) if CAUSAL else L
     for start_n in range(0, end_n, BN):
         offs_n = start_n + tl.arange(0, BN)
         m_n = offs_n < L
-        rows_n = (seq_start + offs_n).to(tl.int64)
-        p_k = K + rows_n[:, None] * stride_kt + i_hk * stride_kh + offs_h[None, :]
+        p_k = p_k0 + offs_n[:, None].to(tl.int64) * stride_kt + offs_h[None, :]
         m_k = _tile_mask(m_n, offs_h, HALF, BH)
         b_k1 = tl.load(p_k, mask=m_k, other=0.0)
         b_k2 = tl.load(p_k + HALF, mask=m_k, other=0.0)
-        if HAS_ROPE:
-            b_ck, b_sk = _rope_cos_sin(POS, INV_FREQ, rows_n, m_n, offs_h, HALF, rope_scaling)
-            b_k1, b_k2 = _rotate(b_k1, b_k2, b_ck, b_sk)
-        p_v = V + rows_n[:, None] * stride_vt + i_hk * stride_vh + offs_d[None, :]
+        p_v = p_v0 + offs_n[:, None].to(tl.int64) * stride_vt + offs_d[None, :]
         b_v = tl.load(p_v, mask=_tile_mask(m_n, offs_d, D, BDV), other=0.0)
         # [BM, BH] @ [BH, BN] twice -> [BM, BN]
         b_s = tl.dot(b_q1, tl.trans(b_k1), input_precision=DOT_PREC)
@@ -445,20 +429,15 @@ def attention_bwd_dq_kernel(
 
     b_dq1 = b_dq1 * sm_scale
     b_dq2 = b_dq2 * sm_scale
-    if HAS_ROPE:
-        # Recomputed instead of kept live across the loop (register pressure).
-        b_cq, b_sq = _rope_cos_sin(POS, INV_FREQ, rows_m, m_m, offs_h, HALF, rope_scaling)
-        b_dq1, b_dq2 = _unrotate(b_dq1, b_dq2, b_cq, b_sq)
-    p_dq = DQ + rows_m[:, None] * stride_dqt + i_h * stride_dqh + offs_h[None, :]
-    tl.store(p_dq, b_dq1.to(DQ.dtype.element_ty), mask=m_q)
-    tl.store(p_dq + HALF, b_dq2.to(DQ.dtype.element_ty), mask=m_q)
+    _store_grad_halves(
+        DQ, b_dq1, b_dq2, rows_m, m_m, i_h, stride_dqt, stride_dqh, offs_h, CS, HALF, BH, HAS_ROPE
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------
-# Configuration: the launchers and report_specs both go through attention_config.
+# Configuration: the launchers (and so the compile report, which runs them) go through attention_config.
 
 _DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-_TRITON_PTR = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
 KERNELS = ("attention_fwd", "attention_bwd_preprocess", "attention_bwd_dkdv", "attention_bwd_dq")
 
 
@@ -477,12 +456,9 @@ def block_dims(head_dim: int) -> tuple[int, int]:
     return bh, bdv
 
 
-# Tuned with `python -m lr_kernels.report` (zero spills, tensor cores) for fp16/bf16, causal, RoPE fused.
-# Keys: (arch family, head-dim class) -> (BM, BN, num_warps, num_stages). RoPE adds ~30-60 live
-# registers per thread in the loops (angles, cos/sin, the rotated tile), which is why these tiles are
-# smaller than FlashAttention-2's usual ones, most of all on sm_80 where mma.sync keeps both dot
-# operands in registers. On sm_90 8 warps split the N dimension across two warpgroups, halving each
-# thread's share of the dk/dv accumulators, which is what lets dk/dv at D=128 use wgmma without spills.
+# Tuned with `python -m lr_kernels.report --check` (zero spills, tensor cores, launch-identical builds)
+# for fp16/bf16. Keys: (arch family, head-dim class) -> (BM, BN, num_warps, num_stages). The main loops
+# carry no RoPE work, so these are the tiles of plain attention.
 _TUNED = {
     "attention_fwd": {
         (80, 64): (128, 64, 8, 2),
@@ -490,15 +466,15 @@ _TUNED = {
         (80, 256): (32, 32, 8, 2),
         (90, 64): (128, 64, 8, 2),
         (90, 128): (64, 64, 8, 2),
-        (90, 256): (32, 32, 8, 2),  # mma.sync (HMMA): the wgmma tiles that fit spill at D=256
+        (90, 256): (32, 32, 8, 2),
     },
     "attention_bwd_dkdv": {
         (80, 64): (16, 128, 8, 2),
         (80, 128): (16, 32, 4, 2),
-        (80, 256): (16, 16, 4, 1),  # spills (~190 B): see report_specs
+        (80, 256): (16, 16, 4, 1),
         (90, 64): (32, 128, 8, 2),
         (90, 128): (16, 64, 8, 2),
-        (90, 256): (16, 16, 4, 1),  # spills (~240 B)
+        (90, 256): (16, 16, 4, 1),
     },
     "attention_bwd_dq": {
         (80, 64): (64, 16, 4, 2),
@@ -506,7 +482,7 @@ _TUNED = {
         (80, 256): (16, 16, 4, 2),
         (90, 64): (128, 32, 8, 2),
         (90, 128): (64, 32, 8, 2),
-        (90, 256): (16, 16, 4, 2),  # spills (~100 B)
+        (90, 256): (16, 16, 4, 2),
     },
 }
 
@@ -537,13 +513,6 @@ def attention_config(kernel: str, arch: int | None, dtype: str, head_dim: int) -
     return AttentionConfig(*_TUNED[kernel][(family, dim_class)])
 
 
-def _arch_of(t: torch.Tensor) -> int | None:
-    if t.device.type != "cuda":
-        return None
-    major, minor = torch.cuda.get_device_capability(t.device)
-    return major * 10 + minor
-
-
 def _dot_precision(dtype: str) -> str:
     # fp32 inputs are for exactness (tests, references); TF32 would silently drop 13 mantissa bits.
     return "ieee" if dtype == "fp32" else "tf32"
@@ -563,11 +532,24 @@ class AttentionParams:
     attention_scaling: float
 
 
-def _rope_args(q: torch.Tensor, cu_seqlens, position_ids, inv_freq):
+def _seq_chunks(cu_seqlens: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+    """(cu_seqlens view, number of sequences) per launch, each within the grid's z limit."""
+    B = cu_seqlens.numel() - 1
+    return [(cu_seqlens[s:], min(SEQS_PER_LAUNCH, B - s)) for s in range(0, B, SEQS_PER_LAUNCH)]
+
+
+def _cos_sin(cu_seqlens, position_ids, inv_freq, p: AttentionParams) -> torch.Tensor:
     if position_ids is None:
-        # Never read (HAS_ROPE=False); any valid pointers do.
-        return cu_seqlens, cu_seqlens, False
-    return position_ids, inv_freq, True
+        return cu_seqlens  # never read (HAS_ROPE=False); any valid pointer does
+    return rope_table(position_ids, inv_freq, p.attention_scaling)
+
+
+def _launch_per_chunk(
+    kernel: Callable, grid_xy: tuple[int, int], cu_seqlens: torch.Tensor, make_args: Callable, **kw
+) -> None:
+    # CU is the kernels' only per-sequence input; every other argument is indexed by global token rows.
+    for cu, n in _seq_chunks(cu_seqlens):
+        kernel[(*grid_xy, n)](*make_args(cu), **kw)
 
 
 def attention_fwd(
@@ -579,21 +561,26 @@ def attention_fwd(
     inv_freq: torch.Tensor | None,
     p: AttentionParams,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """q [T, H, D], k/v [T, Hkv, D] (last dim contiguous) -> (o [T, H, D], lse fp32 [H, T])."""
+    """q [T, H, D], k/v [T, Hkv, D] (last dim contiguous) -> (o [T, H, D], lse fp32 [H, T], log2 units).
+
+    With RoPE, k is rotated into a temporary first (the kernel rotates q itself); the temporary is freed
+    on return.
+    """
     T, H, D = q.shape
     Hkv = k.shape[1]
-    B = cu_seqlens.numel() - 1
     dtype = _DTYPE_NAMES[q.dtype]
-    cfg = attention_config("attention_fwd", _arch_of(q), dtype, D)
+    cfg = attention_config("attention_fwd", device_arch(q), dtype, D)
     BH, BDV = block_dims(D)
+    has_rope = position_ids is not None
+    if has_rope:
+        k = rope_fwd(k, position_ids, inv_freq, p.attention_scaling)
+    cs = _cos_sin(cu_seqlens, position_ids, inv_freq, p)
     o = torch.empty_like(q)
     lse = torch.empty((H, T), dtype=torch.float32, device=q.device)
-    pos, freq, has_rope = _rope_args(q, cu_seqlens, position_ids, inv_freq)
-    grid = (triton.cdiv(p.max_seqlen, cfg.BM), H, B)
-    attention_fwd_kernel[grid](
-        q, k, v, o, lse, cu_seqlens, pos, freq,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        o.stride(0), o.stride(1), T, p.softmax_scale * LOG2E, p.attention_scaling,
+    _launch_per_chunk(
+        attention_fwd_kernel, (triton.cdiv(p.max_seqlen, cfg.BM), H), cu_seqlens,
+        lambda cu: (q, k, v, o, lse, cu, cs, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+                    v.stride(0), v.stride(1), o.stride(0), o.stride(1), T, p.softmax_scale * LOG2E),
         HALF=D // 2, D=D, GROUP=H // Hkv, BM=cfg.BM, BN=cfg.BN, BH=BH, BDV=BDV,
         CAUSAL=p.causal, HAS_ROPE=has_rope, DOT_PREC=_dot_precision(dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -613,19 +600,24 @@ def attention_bwd(
     inv_freq: torch.Tensor | None,
     p: AttentionParams,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (dq [T, H, D], dk [T, Hkv, D], dv [T, Hkv, D]) w.r.t. the un-rotated q, k, v."""
+    """Gradients (dq [T, H, D], dk [T, Hkv, D], dv [T, Hkv, D]) w.r.t. the un-rotated q, k, v.
+
+    With RoPE, q is rotated into the buffer that becomes dq and k into a temporary: the kernels' loops then
+    read rotated tiles, and only their epilogues rotate dq and dk back.
+    """
     T, H, D = q.shape
     Hkv = k.shape[1]
-    B = cu_seqlens.numel() - 1
     dtype = _DTYPE_NAMES[q.dtype]
-    arch = _arch_of(q)
+    arch = device_arch(q)
     BH, BDV = block_dims(D)
     do = do if do.stride(-1) == 1 else do.contiguous()
-    pos, freq, has_rope = _rope_args(q, cu_seqlens, position_ids, inv_freq)
+    has_rope = position_ids is not None
+    cs = _cos_sin(cu_seqlens, position_ids, inv_freq, p)
     common = dict(
         HALF=D // 2, D=D, GROUP=H // Hkv, BH=BH, BDV=BDV, CAUSAL=p.causal, HAS_ROPE=has_rope,
         DOT_PREC=_dot_precision(dtype),
     )  # fmt: skip
+    qk_scale = p.softmax_scale * LOG2E
 
     delta = torch.empty((H, T), dtype=torch.float32, device=q.device)
     cfg = attention_config("attention_bwd_preprocess", arch, dtype, D)
@@ -634,24 +626,32 @@ def attention_bwd(
         D=D, BM=cfg.BM, BDV=BDV, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
 
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
+    if has_rope:
+        k = rope_fwd(k, position_ids, inv_freq, p.attention_scaling)
+        dq = q = rope_fwd(q, position_ids, inv_freq, p.attention_scaling)
+    else:
+        dq = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+
     cfg = attention_config("attention_bwd_dkdv", arch, dtype, D)
-    attention_bwd_dkdv_kernel[(triton.cdiv(p.max_seqlen, cfg.BN), Hkv, B)](
-        q, k, v, do, lse, delta, dk, dv, cu_seqlens, pos, freq,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-        T, p.softmax_scale, p.softmax_scale * LOG2E, p.attention_scaling,
+    _launch_per_chunk(
+        attention_bwd_dkdv_kernel, (triton.cdiv(p.max_seqlen, cfg.BN), Hkv), cu_seqlens,
+        lambda cu: (q, k, v, do, lse, delta, dk, dv, cu, cs,
+                    q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                    do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+                    T, p.softmax_scale, qk_scale),
         BM=cfg.BM, BN=cfg.BN, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )  # fmt: skip
 
-    dq = torch.empty_like(q)
+    # Runs after dk/dv, which reads every rotated q tile that this kernel overwrites with dq (with RoPE).
     cfg = attention_config("attention_bwd_dq", arch, dtype, D)
-    attention_bwd_dq_kernel[(triton.cdiv(p.max_seqlen, cfg.BM), H, B)](
-        q, k, v, do, lse, delta, dq, cu_seqlens, pos, freq,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
-        T, p.softmax_scale, p.softmax_scale * LOG2E, p.attention_scaling,
+    _launch_per_chunk(
+        attention_bwd_dq_kernel, (triton.cdiv(p.max_seqlen, cfg.BM), H), cu_seqlens,
+        lambda cu: (q, k, v, do, lse, delta, dq, cu, cs,
+                    q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                    do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
+                    T, p.softmax_scale, qk_scale),
         BM=cfg.BM, BN=cfg.BN, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )  # fmt: skip
     return dq, dk, dv
@@ -692,90 +692,62 @@ def varlen_attention_triton(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Ahead-of-time compile specs for `python -m lr_kernels.report`
+# Representative launches for `python -m lr_kernels.report`, which runs them against a stand-in GPU so
+# that Triton specializes and builds each kernel exactly as a real launch would.
+
+REPORT_HEAD_DIMS = (64, 80, 128, 256)
+REPORT_TOKENS = 4096  # two sequences of 2048: every pointer, stride and T divisible by 16, as in training
 
 
-_CONSTEXPR_ARGS = {"HALF", "D", "GROUP", "BM", "BN", "BH", "BDV", "CAUSAL", "HAS_ROPE", "DOT_PREC"}
+def report_case_inputs(
+    dtype: torch.dtype, head_dim: int, group: int, rope: bool, tokens: int = REPORT_TOKENS, heads: int = 32
+) -> tuple:
+    """Small CPU stand-ins for one attention call: (q, k, v, cu_seqlens, position_ids, inv_freq)."""
+    hkv = heads // group
+    q = torch.zeros(tokens, heads, head_dim, dtype=dtype)
+    k = torch.zeros(tokens, hkv, head_dim, dtype=dtype)
+    v = torch.zeros(tokens, hkv, head_dim, dtype=dtype)
+    half = tokens // 2
+    cu = torch.tensor([0, half, tokens], dtype=torch.int32)
+    pos = torch.arange(tokens, dtype=torch.int64) if rope else None
+    freq = torch.ones(head_dim // 2, dtype=torch.float32) if rope else None
+    return q, k, v, cu, pos, freq
 
 
-def _signature(kernel: str, dtype: str) -> dict[str, str]:
-    fn = _KERNEL_FNS[kernel]
-    ptr = _TRITON_PTR[dtype]
-    special = {
-        "LSE": "*fp32", "DELTA": "*fp32", "CU": "*i32", "POS": "*i64", "INV_FREQ": "*fp32",
-        "T": "i32", "qk_scale": "fp32", "sm_scale": "fp32", "rope_scaling": "fp32",
-    }  # fmt: skip
-    sig = {}
-    for name in fn.arg_names:
-        if name in _CONSTEXPR_ARGS:
-            sig[name] = "constexpr"
-        elif name in special:
-            sig[name] = special[name]
-        elif name.startswith("stride_"):
-            sig[name] = "i32"
-        else:
-            sig[name] = ptr  # Q, K, V, O, DO, DQ, DK, DV
-    return sig
+def report_launch(
+    dtype: torch.dtype, head_dim: int, group: int, causal: bool, rope: bool, tokens: int = REPORT_TOKENS
+) -> Callable[[], None]:
+    """A forward and a backward call of the launchers, as autograd would make them."""
+
+    def launch() -> None:
+        q, k, v, cu, pos, freq = report_case_inputs(dtype, head_dim, group, rope, tokens)
+        p = AttentionParams(
+            max_seqlen=tokens, causal=causal, softmax_scale=head_dim**-0.5, attention_scaling=1.0
+        )
+        o, lse = attention_fwd(q, k, v, cu, pos, freq, p)
+        attention_bwd(torch.zeros_like(o), q, k, v, o, lse, cu, pos, freq, p)
+
+    return launch
 
 
-def report_specs(arch: int) -> list[KernelSpec]:
-    """Every configuration we ship for compute capability ``arch``, as launched for causal attention
-    with RoPE fused and a GQA group of 4 (Llama-3-8B style): fp16/bf16 at head dims 64, 80 and 128,
-    plus the forward at head dim 256. The head-dim-256 backward configs still spill registers (the
-    smallest tiles leave ~100-240 B) and are left out of the zero-spill report on purpose.
-    """
-    specs = []
-    for dtype in ("fp16", "bf16"):
-        for head_dim in (64, 80, 128, 256):
-            BH, BDV = block_dims(head_dim)
-            for kernel in KERNELS:
-                if head_dim == 256 and kernel != "attention_fwd":
-                    continue
-                cfg = attention_config(kernel, arch, dtype, head_dim)
-                if kernel == "attention_bwd_preprocess":
-                    constexprs = {"D": head_dim, "BM": cfg.BM, "BDV": BDV}
-                    extra = {"BM": cfg.BM}
-                else:
-                    constexprs = {
-                        "HALF": head_dim // 2, "D": head_dim, "GROUP": 4, "BM": cfg.BM, "BN": cfg.BN,
-                        "BH": BH, "BDV": BDV, "CAUSAL": True, "HAS_ROPE": True,
-                        "DOT_PREC": _dot_precision(dtype),
-                    }  # fmt: skip
-                    extra = {"BM": cfg.BM, "BN": cfg.BN}
-                specs.append(
-                    KernelSpec(
-                        kernel=kernel,
-                        fn=_KERNEL_FNS[kernel],
-                        signature=_signature(kernel, dtype),
-                        constexprs=constexprs,
-                        arch=arch,
-                        dtype=dtype,
+def report_cases(arch: int) -> list[ReportCase]:
+    """Causal attention at GQA 4:1 (Llama-3-8B), fp16 and bf16, each head dim we tune, with RoPE fused
+    and without it (the baseline of ``loop_ratio``)."""
+    cases = []
+    for dtype in (torch.float16, torch.bfloat16):
+        for head_dim in REPORT_HEAD_DIMS:
+            for rope in (True, False):
+                cases.append(
+                    ReportCase(
+                        name=f"attention {_DTYPE_NAMES[dtype]} D={head_dim} GQA4 causal rope={rope}",
+                        launch=report_launch(dtype, head_dim, 4, True, rope),
+                        dtype=_DTYPE_NAMES[dtype],
                         head_dim=head_dim,
-                        num_warps=cfg.num_warps,
-                        num_stages=cfg.num_stages,
-                        extra=extra,
-                        matmul=kernel != "attention_bwd_preprocess",
+                        rope=rope,
+                        matmul=frozenset({"attention_fwd", "attention_bwd_dkdv", "attention_bwd_dq"}),
                     )
                 )
-    return specs
+    return cases
 
 
-def divisibility_attrs(spec: KernelSpec) -> dict[tuple[int, ...], list[list[Any]]]:
-    """``ASTSource(attrs=...)`` matching what Triton's launcher specializes for real calls: every pointer
-    is 16-byte aligned and every stride a multiple of 16 elements (true whenever D % 16 == 0). Without
-    these hints the compile report would describe scalar, unvectorized loads that no launch produces."""
-    return {
-        (i,): [["tt.divisibility", 16]]
-        for i, (name, ty) in enumerate(spec.signature.items())
-        if ty.startswith("*") or name.startswith("stride_")
-    }
-
-
-_KERNEL_FNS = {
-    "attention_fwd": attention_fwd_kernel,
-    "attention_bwd_preprocess": attention_bwd_preprocess_kernel,
-    "attention_bwd_dkdv": attention_bwd_dkdv_kernel,
-    "attention_bwd_dq": attention_bwd_dq_kernel,
-}
-
-__all__ = ["attention_config", "divisibility_attrs", "report_specs", "varlen_attention_triton"]
+__all__ = ["attention_config", "report_cases", "varlen_attention_triton"]

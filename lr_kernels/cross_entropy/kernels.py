@@ -6,16 +6,18 @@ logsumexp over vocabulary blocks, then a second sweep that overwrites the row wi
 it to a separate low-precision buffer that feeds the next GEMM directly).
 
 Read order: kernels → config selection → launchers (the ``step`` contract of ``chunked.py``) →
-``report_specs`` for ``python -m lr_kernels.report``.
+``report_cases`` for ``python -m lr_kernels.report``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import triton
 import triton.language as tl
 
-from lr_kernels._compile import KernelSpec
+from lr_kernels._compile import ReportCase
 
 
 @triton.jit
@@ -218,83 +220,43 @@ def entropy_chunk_triton(z: torch.Tensor, *, softcap: float | None) -> torch.Ten
 
 
 _TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_REPORT_ROWS = 16
 
 
-def report_specs(arch: int, vocab: int = 128256) -> list[KernelSpec]:
-    """The kernel configurations the launchers above pick for ``vocab``, for the GPU compile report.
+def _report_launch(dtype: torch.dtype, vocab: int, variant: str) -> Callable[[], None]:
+    def launch() -> None:
+        z = torch.zeros(_REPORT_ROWS, vocab, dtype=torch.float32)
+        targets = torch.zeros(_REPORT_ROWS, dtype=torch.int64)
+        # fp32 gradients overwrite the logits in place; fp16/bf16 ones go to a buffer feeding the next GEMM.
+        dz = None if dtype == torch.float32 else torch.zeros(_REPORT_ROWS, vocab, dtype=dtype)
+        if variant == "entropy":
+            entropy_chunk_triton(z, softcap=None)
+            return
+        full = variant == "softcap+smoothing+scale"
+        ce_chunk_triton(
+            z, targets, ignore_index=-100, label_smoothing=0.1 if full else 0.0,
+            softcap=30.0 if full else None, row_scale=torch.ones(_REPORT_ROWS) if full else None,
+            compute_grad=variant != "forward only", dz_out=dz,
+        )  # fmt: skip
 
-    Logits chunks are always fp32; the gradient buffer has the input dtype (fp32 gradients overwrite the
-    logits in place, fp16/bf16 ones go to a separate buffer that feeds the next GEMM).
-    """
-    BV, num_warps = ce_kernel_config(vocab)
-    specs = []
-    scalar_sig = {
-        "stride_z": "i64",
-        "stride_dz": "i64",
-        "stride_scale": "i32",
-        "V": "i32",
-        "ignore_index": "i32",
-        "eps": "fp32",
-        "eps_per_class": "fp32",
-        "softcap": "fp32",
-        "inv_softcap": "fp32",
-    }
-    variants = [
-        (
-            "linear_ce_fwd+grad",
-            dict(HAS_SOFTCAP=False, HAS_SMOOTHING=False, HAS_SCALE=False, COMPUTE_GRAD=True),
-        ),
-        (
-            "linear_ce_fwd+grad_softcap_smooth_scale",
-            dict(HAS_SOFTCAP=True, HAS_SMOOTHING=True, HAS_SCALE=True, COMPUTE_GRAD=True),
-        ),
-        (
-            "linear_ce_fwd_only",
-            dict(HAS_SOFTCAP=False, HAS_SMOOTHING=False, HAS_SCALE=False, COMPUTE_GRAD=False),
-        ),
-    ]
-    for dtype, tname in _TORCH_TO_TRITON.items():
-        for name, flags in variants:
-            if not flags["COMPUTE_GRAD"] and dtype != torch.float32:
-                continue  # without a gradient no dz buffer is written: one spec covers every dtype
-            sig = {"Z": "*fp32", "DZ": f"*{tname}", "TGT": "*i64", "LOSS": "*fp32", "SCALE": "*fp32"}
-            sig.update(scalar_sig)
-            consts = dict(flags, BV=BV)
-            sig.update({k: "constexpr" for k in consts})
-            specs.append(
-                KernelSpec(
-                    kernel=name,
-                    fn=linear_ce_fwd_kernel,
-                    signature=sig,
-                    constexprs=consts,
-                    arch=arch,
-                    dtype=tname,
-                    num_warps=num_warps,
-                    num_stages=1,
-                    extra={"BV": BV, "vocab": vocab},
+    return launch
+
+
+def report_cases(arch: int, vocab: int = 128256) -> list[ReportCase]:
+    """The chunk kernels as the launchers above run them for ``vocab`` (Llama-3's by default): with the
+    gradient (per gradient dtype), with every option on, forward only, and the entropy kernel."""
+    cases = []
+    for dtype, name in _TORCH_TO_TRITON.items():
+        variants = ["gradient", "softcap+smoothing+scale"]
+        if dtype == torch.float32:
+            variants += ["forward only", "entropy"]  # no gradient buffer: one dtype covers them
+        for variant in variants:
+            cases.append(
+                ReportCase(
+                    name=f"cross-entropy {name} V={vocab} {variant}",
+                    launch=_report_launch(dtype, vocab, variant),
+                    dtype=name,
+                    extra={"vocab": vocab, "variant": variant},
                 )
             )
-    sig = {
-        "Z": "*fp32",
-        "ENT": "*fp32",
-        "stride_z": "i64",
-        "V": "i32",
-        "softcap": "fp32",
-        "inv_softcap": "fp32",
-    }
-    consts = {"HAS_SOFTCAP": False, "BV": BV}
-    sig.update({k: "constexpr" for k in consts})
-    specs.append(
-        KernelSpec(
-            kernel="token_entropy",
-            fn=token_entropy_kernel,
-            signature=sig,
-            constexprs=consts,
-            arch=arch,
-            dtype="fp32",
-            num_warps=num_warps,
-            num_stages=1,
-            extra={"BV": BV, "vocab": vocab},
-        )
-    )
-    return specs
+    return cases

@@ -9,11 +9,13 @@ then reused for every head the program handles.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
 
-from lr_kernels._compile import KernelSpec
+from lr_kernels._compile import ReportCase
 from lr_kernels.rope.angles import rope_angle, rope_cos_sin
 
 # One [BT, BHALF] tile of 1024 elements over 8 warps is 4 values per thread per operand: 48 registers on
@@ -123,8 +125,22 @@ def rope_bwd_kernel(
     )  # fmt: skip
 
 
+@triton.jit
+def rope_table_kernel(P, F, CS, T, scaling, HALF: tl.constexpr, BT: tl.constexpr, BHALF: tl.constexpr):
+    # Row t of the fp32 [T, 2, HALF] table: cos then sin of t's angles, times scaling.
+    offs_t = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
+    offs_d = tl.arange(0, BHALF)
+    m = (offs_t < T)[:, None] & (offs_d < HALF)[None, :]
+    b_pos = tl.load(P + offs_t, mask=offs_t < T, other=0)
+    b_f = tl.load(F + offs_d, mask=offs_d < HALF, other=0.0)
+    b_cos, b_sin = rope_cos_sin(rope_angle(b_pos[:, None], b_f[None, :]))
+    p = CS + offs_t[:, None] * (2 * HALF) + offs_d[None, :]
+    tl.store(p, b_cos * scaling, mask=m)
+    tl.store(p + HALF, b_sin * scaling, mask=m)
+
+
 def rope_config(head_dim: int, num_heads: int) -> dict[str, int]:
-    """Block sizes for one launch; shared by the launcher and ``report_specs``."""
+    """Block sizes for one launch; shared by the launcher and the compile report."""
     half = head_dim // 2
     bhalf = triton.next_power_of_2(half)
     return {
@@ -186,6 +202,22 @@ def rope_bwd(
     return _rotate(rope_bwd_kernel, grad_out, position_ids, inv_freq, attention_scaling)
 
 
+def rope_table(position_ids: torch.Tensor, inv_freq: torch.Tensor, attention_scaling: float) -> torch.Tensor:
+    """fp32 ``[T, 2, D/2]``: ``[t, 0]`` the cos and ``[t, 1]`` the sin of ``position_ids[t] * inv_freq``,
+    times ``attention_scaling`` — the values the RoPE kernels compute in registers (same angle code)."""
+    T, half = position_ids.shape[0], inv_freq.shape[0]
+    cs = torch.empty((T, 2, half), dtype=torch.float32, device=position_ids.device)
+    if T == 0:
+        return cs
+    bhalf = triton.next_power_of_2(half)
+    bt = max(1, _TILE_ELEMS // bhalf)
+    rope_table_kernel[(triton.cdiv(T, bt),)](
+        position_ids, inv_freq, cs, T, float(attention_scaling), HALF=half, BT=bt, BHALF=bhalf,
+        num_warps=_NUM_WARPS,
+    )  # fmt: skip
+    return cs
+
+
 # torch.library registration makes the Triton path traceable by torch.compile (fake kernels give
 # shapes without running Triton) and lets opcheck verify schema, fake and autograd consistency.
 @torch.library.custom_op("lr_kernels::rope_fwd", mutates_args=())
@@ -234,32 +266,28 @@ rope_bwd_op.register_autograd(_rope_bwd_backward, setup_context=_setup_context)
 
 
 _REPORT_HEAD_DIMS = (64, 80, 128, 256)
-_REPORT_DTYPES = ("fp16", "bf16", "fp32")
-_REPORT_HEADS = 32
+_REPORT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def report_specs(arch: int) -> list[KernelSpec]:
-    """The forward and backward kernels at the configs ``rope_config`` picks (32 heads)."""
-    specs = []
-    for name, fn in (("rope_fwd", rope_fwd_kernel), ("rope_bwd", rope_bwd_kernel)):
-        for dtype in _REPORT_DTYPES:
-            # Argument order: x, positions, inv_freq, out, T, H, 4 strides, scaling, 4 constexprs.
-            types = [f"*{dtype}", "*i64", "*fp32", f"*{dtype}", *["i32"] * 6, "fp32", *["constexpr"] * 4]
-            signature = dict(zip(fn.arg_names, types, strict=True))
-            for head_dim in _REPORT_HEAD_DIMS:
-                cfg = rope_config(head_dim, _REPORT_HEADS)
-                specs.append(
-                    KernelSpec(
-                        kernel=name,
-                        fn=fn,
-                        signature=signature,
-                        constexprs={k: cfg[k] for k in ("HALF", "BT", "BHALF", "HPP")},
-                        arch=arch,
-                        dtype=dtype,
-                        head_dim=head_dim,
-                        num_warps=cfg["num_warps"],
-                        num_stages=1,
-                        extra={"BT": cfg["BT"], "HPP": cfg["HPP"]},
-                    )
-                )
-    return specs
+def _report_launch(dtype: torch.dtype, head_dim: int) -> Callable[[], None]:
+    def launch() -> None:
+        x = torch.zeros(4096, 32, head_dim, dtype=dtype)
+        pos = torch.arange(4096, dtype=torch.int64)
+        freq = torch.ones(head_dim // 2, dtype=torch.float32)
+        rope_bwd(rope_fwd(x, pos, freq, 1.0), pos, freq, 1.0)
+
+    return launch
+
+
+def report_cases(arch: int) -> list[ReportCase]:
+    """Forward and backward rotation of 32 heads (4096 tokens) per dtype and head dim."""
+    return [
+        ReportCase(
+            name=f"rope {name} D={head_dim}",
+            launch=_report_launch(dtype, head_dim),
+            dtype=name,
+            head_dim=head_dim,
+        )
+        for name, dtype in _REPORT_DTYPES.items()
+        for head_dim in _REPORT_HEAD_DIMS
+    ]
