@@ -12,6 +12,7 @@ runs a benchmark.
 from __future__ import annotations
 
 import os
+import statistics
 import time
 
 import harness
@@ -83,7 +84,7 @@ def bench(benchmark, request: pytest.FixtureRequest):
         benchmark.pedantic(timed, rounds=2 if tiny else comp.rounds, iterations=1)
         peak_bytes = peak() if comp.memory else None
         benchmark.extra_info.update(
-            cpu_median_s=sorted(cpu)[len(cpu) // 2],
+            cpu_median_s=statistics.median(cpu),
             tokens=comp.tokens(size),
             peak_mib=None if peak_bytes is None else round(peak_bytes / 2**20, 1),
         )

@@ -1,9 +1,9 @@
 """The benchmarks still run and still compare like with like (tiny sizes; no timing is checked).
 
 Every workload of ``benchmarks/workloads.py`` against its baseline (same numbers, twice in a row, so no
-state leaks between steps), the memory probe of ``benchmarks/harness.py``, and the README's benchmark
-command end to end at ``--bench-size tiny`` (collection of ``bench_*.py``, the pytest-benchmark groups
-and the side-by-side summary).
+state leaks between steps), the memory probe and table of ``benchmarks/harness.py``, and the README's
+benchmark command end to end at ``--bench-size tiny`` (collection of ``bench_*.py``, the pytest-benchmark
+groups and the side-by-side summary).
 """
 
 from __future__ import annotations
@@ -84,15 +84,15 @@ def test_table_has_ratio_rows(bench_modules):
 
 @pytest.mark.slow
 def test_readme_benchmark_command_runs(tmp_path):
+    # Two cheap comparisons run (the workloads above cover the rest); all ten tests must be collected.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, "-m", "pytest", "benchmarks/", "--benchmark-only", "--bench-size", "tiny", "-q"]
-    cmd += ["-p", "no:cacheprovider", f"--benchmark-storage={tmp_path}"]
+    cmd += ["-p", "no:cacheprovider", f"--benchmark-storage={tmp_path}", "-k", "positions or cross_entropy"]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "10 passed" in out.stdout, out.stdout[-3000:]
+    assert "4 passed, 6 deselected" in out.stdout, out.stdout[-3000:]
     summary = out.stdout.split("ours vs baseline", 1)[1]
-    cases = ("2x24", "T40-V300", "T32-V256", "3x200-w800", "T16-fp32")
-    for name, case in zip(COMPARISONS, cases, strict=True):
+    for name, case in (("cross_entropy", "T40-V300"), ("positions", "3x200-w800")):
         assert f"benchmark '{name} {case}': 2 tests" in out.stdout, name  # pytest-benchmark's group
         assert f"{case} " in summary, case
-    assert summary.count("ratio ") == len(COMPARISONS), summary
+    assert summary.count("ratio ") == 2, summary
