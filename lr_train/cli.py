@@ -35,6 +35,8 @@ MODEL_ARGS = {
 TOY_TOKENIZER = "toy"
 # A value ending in one of these names a file, never a hub repository.
 FILE_SUFFIXES = (".json", ".jsonl", ".txt", ".md", ".bin", ".safetensors", ".pt", ".pth", ".gguf", ".yaml")
+# One of these in a folder means it holds a tokenizer (fast, SentencePiece, BPE or WordPiece files).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
@@ -169,11 +171,13 @@ def load_tokenizer_arg(name: str, flag: str):
     """``lr_train.recipe.load_tokenizer(name)``; ValueError naming ``flag`` when there is none to load."""
     from lr_train.recipe import load_tokenizer
 
+    hint = "" if flag == "--tokenizer" else "; pass --tokenizer"
+    if os.path.isdir(name) and not any(os.path.exists(os.path.join(name, f)) for f in TOKENIZER_FILES):
+        raise ValueError(f"{flag} {name} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}){hint}")
     try:
         return load_tokenizer(name)
     except (OSError, ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = "" if flag == "--tokenizer" else "; pass --tokenizer"
         raise ValueError(f"{flag} {name}: no tokenizer could be loaded ({first}){hint}") from exc
 
 

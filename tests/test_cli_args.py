@@ -264,3 +264,18 @@ def test_misleading_transformers_messages_are_dropped():
     finally:
         root.removeHandler(handler)
     assert records == ["another message"]
+
+
+@pytest.mark.parametrize("command", ["eval", "analyze"])
+def test_a_model_folder_without_a_tokenizer_is_named(command, tmp_path, text_file, capsys, no_loading):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    argv = {
+        "eval": ["eval", "--model", str(model), "--lengths", "64"],
+        "analyze": ["analyze", "--base", str(model), "--long", str(model), "--input", str(text_file)],
+    }[command]
+    assert run([*argv, "--output", str(tmp_path / "out")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    flag = argv[1]
+    assert f"{flag} {model} holds no tokenizer files" in line and line.endswith("pass --tokenizer"), line
