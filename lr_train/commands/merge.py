@@ -27,6 +27,8 @@ def merge(original: str, trained: str, output: str, *, weight: float = 0.5, over
     from lr_train.checkpoint import atomic_dir, check_output
     from lr_train.merge import merge_models
 
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"--weight must be in [0, 1], got {weight}")
     check_output(output, overwrite=overwrite, flag="--output")
     base = AutoModelForCausalLM.from_pretrained(original)
     model = AutoModelForCausalLM.from_pretrained(trained, dtype="auto")
