@@ -10,7 +10,7 @@ trap 'rm -rf "$tmp"' EXIT
 # shellcheck disable=SC1091
 source "$tmp/venv/bin/activate"
 python -m pip install -q --upgrade pip setuptools wheel
-python -m pip install -q "${LR_TORCH_SPEC:-torch==2.13.0}" ninja
+python -m pip install -q "${LR_TORCH_SPEC:-torch==2.13.0}" ninja numpy
 python -m pip install -q --no-build-isolation ".[dev]"
 {
   sed -n '1,/^pip==/p' constraints.txt | sed '$d'

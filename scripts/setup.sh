@@ -15,5 +15,6 @@ python -m pip install -q -c constraints.txt --upgrade pip setuptools wheel
 if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "${LR_TORCH_SPEC:-torch==2.13.0}"
 fi
-python -m pip install -q -c constraints.txt ninja
+# numpy before the build: setup.py imports torch, which warns "Failed to initialize NumPy" without it.
+python -m pip install -q -c constraints.txt ninja numpy
 python -m pip install -q -c constraints.txt --no-build-isolation -e ".[dev]"

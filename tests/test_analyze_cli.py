@@ -112,8 +112,11 @@ def test_analyze_llama_end_to_end_and_prepare_reads_the_mask(llama_pair, tok, te
     base, long, *_ = llama_pair
     out = tmp_path / "mask.json"
     assert analyze(base, long, text_file, out, "--top-fraction", "0.25") == 0
-    printed = capsys.readouterr().out
-    assert "| digit |" in printed and "| word |" in printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    for kind in ("number", "capitalised", "punctuation", "function_word", "other"):
+        assert f"| {kind} |" in printed, kind
+    assert "windows of <= 200 tokens" in captured.err and "forward passes" in captured.err
     payload = json.loads(out.read_text())
     assert payload["top_fraction"] == 0.25 and payload["positions_scored"] > 300
     shares = [c["share_of_top"] for c in payload["classes"].values()]
@@ -153,14 +156,14 @@ def test_analyze_finds_a_planted_digit_signal(phi_digit_pair, tok, text_file, tm
     found = {texts[i] for i in payload["impactful_token_ids"]}
     assert found and all(any(c.isdigit() for c in t) for t in found), found
     assert len(found) >= 8, found
-    assert payload["classes"]["digit"]["share_of_top"] > 0.9
-    assert payload["classes"]["digit"]["mean_delta"] > 2.0 > 0 > payload["classes"]["word"]["mean_delta"]
+    assert payload["classes"]["number"]["share_of_top"] > 0.9
+    assert payload["classes"]["number"]["mean_delta"] > 2.0 > 0 > payload["classes"]["other"]["mean_delta"]
     by_position = payload["by_position"]
     assert (
         len(by_position) == 4
         and sum(b["top_count"] for b in by_position) >= 0.09 * payload["positions_scored"]
     )
-    assert all(b["digit_share_of_top"] > 0.9 for b in by_position if b["top_count"])
+    assert all(b["share_of_top"]["number"] > 0.9 for b in by_position if b["top_count"])
 
 
 def test_aggregate_rule():
@@ -176,14 +179,19 @@ def test_aggregate_rule():
         "impactful_token_ids"
     ] == [2, 4]
     classes = res["classes"]
-    assert classes["digit"]["count"] == 3 and classes["digit"]["share_of_top"] == 1.0
-    assert classes["word"]["count"] == 4 and classes["word"]["mean_delta"] == pytest.approx(-2.9 / 4)
+    assert classes["number"]["count"] == 3 and classes["number"]["share_of_top"] == 1.0
+    # "a" is a function word (Δ 0.0 and 0.1), " b" is other (Δ -1.0 and -2.0).
+    assert classes["function_word"]["count"] == 2
+    assert classes["function_word"]["mean_delta"] == pytest.approx(0.05)
+    assert classes["other"]["count"] == 2 and classes["other"]["mean_delta"] == pytest.approx(-1.5)
     assert classes["punctuation"]["share_of_all"] == pytest.approx(1 / 8)
+    assert classes["capitalised"]["count"] == 0 and classes["capitalised"]["mean_delta"] is None
     assert res["by_position"] == []  # no window positions given
     with_pos = aggregate(Scores(targets, delta, torch.arange(8)), texts, top_fraction=0.25, min_count=2)
     # Positions 0..7 in four ranges of two; the top positions (Δ 5 and 9) are 3 and 6, both digits.
     assert [b["top_count"] for b in with_pos["by_position"]] == [0, 1, 0, 1]
-    assert [b["digit_share_of_top"] for b in with_pos["by_position"]] == [None, 1.0, None, 1.0]
+    assert [b["share_of_top"]["number"] for b in with_pos["by_position"]] == [None, 1.0, None, 1.0]
+    assert with_pos["by_position"][1]["share_of_top"]["other"] == 0.0
 
 
 def test_analyze_checks_options(llama_pair, text_file, tmp_path, capsys):
@@ -193,3 +201,47 @@ def test_analyze_checks_options(llama_pair, text_file, tmp_path, capsys):
     (tmp_path / "exists.json").write_text("{}")
     assert analyze(base, long, text_file, tmp_path / "exists.json") == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_default_windows_cover_the_long_models_window(llama_pair, tmp_path, capsys):
+    base, long, *_ = llama_pair
+    doc = tmp_path / "long.jsonl"
+    doc.write_text(json.dumps({"text": toy_corpus(1, seed=4, min_sentences=80, max_sentences=80)[0]}))
+    out = tmp_path / "mask.json"
+    argv = ["analyze", "--base", base, "--long", long, "--input", str(doc), "--output", str(out)]
+    assert main([*argv, "--device", "cpu", "--quiet"]) == 0
+    # No --max-length: the paper's 24,576 capped at the long model's window (1024 here), so windows are
+    # as long as the documents allow, not the old 4,096 cut-off.
+    payload = json.loads(out.read_text())
+    assert payload["max_length"] == 1024
+    assert "windows of <= 1024 tokens" in capsys.readouterr().err
+    assert payload["by_position"][-1]["positions"][1] > 512
+
+
+def test_windows_start_with_bos_and_respect_the_length(tok, text_file, tmp_path):
+    from lr_train.commands.analyze import windows_of
+
+    bos_tok = toy_tokenizer()
+    bos_tok.add_special_tokens({"bos_token": "<|begin|>"})
+    bos = bos_tok.bos_token_id
+    windows, n = windows_of([text_file], bos_tok, len(bos_tok), 64, None)
+    assert n == 4 and len(windows) > 8
+    assert all(w[0] == bos and 2 <= w.numel() <= 64 and (w[1:] != bos).all() for w in windows)
+    plain, _ = windows_of([text_file], tok, len(tok), 64, None)
+    assert torch.equal(torch.cat([w[1:] for w in windows]), torch.cat(plain))
+
+
+def test_analyze_output_is_checked_before_loading(llama_pair, text_file, tmp_path, capsys, monkeypatch):
+    import transformers
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_load)
+    base, long, *_ = llama_pair
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    assert analyze(base, long, text_file, folder, "--overwrite") == 2
+    assert "--output" in capsys.readouterr().err
+    assert analyze(base, long, text_file, tmp_path / "m.json", "--min-count", "0") == 2
+    assert "argument --min-count" in capsys.readouterr().err

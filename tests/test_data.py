@@ -74,15 +74,21 @@ def test_masks_follow_token_texts(tok, masks):
 @pytest.mark.parametrize(
     ("text", "cls"),
     [
-        ("7", "digit"),
-        (" 12", "digit"),
+        ("7", "number"),
+        (" 12", "number"),
+        ("3rd", "number"),
         (".", "punctuation"),
         (" ,", "punctuation"),
-        (" river", "word"),
+        (" the", "function_word"),
+        ("And", "function_word"),
+        (" of", "function_word"),
+        (" Ada", "capitalised"),
+        ("Paris", "capitalised"),
+        (" river", "other"),
         ("\n", "other"),
         ("", "other"),
     ],
-    ids=["7", "sp12", "dot", "comma", "word", "newline", "empty"],
+    ids=["7", "sp12", "3rd", "dot", "comma", "the", "And", "of", "Ada", "Paris", "river", "newline", "empty"],
 )
 def test_token_class(text, cls):
     assert token_class(text) == cls

@@ -74,7 +74,7 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     with atomic_dir(str(target)) as tmp:
         open(os.path.join(tmp, "done"), "w").write("ok")
     assert (target / "done").read_text() == "ok"
-    with pytest.raises(FileExistsError), atomic_dir(str(target)):
+    with pytest.raises(ValueError, match="pass --overwrite"), atomic_dir(str(target)):
         pass
     with atomic_dir(str(target), overwrite=True) as tmp:
         open(os.path.join(tmp, "new"), "w").write("ok")

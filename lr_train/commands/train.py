@@ -11,7 +11,17 @@ configs of accelerate apply). Interrupted runs resume from the newest checkpoint
 from __future__ import annotations
 
 import argparse
-import sys
+import os
+
+from lr_train.cli import (
+    fail,
+    float_in,
+    int_at_least,
+    load_tokenizer_arg,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 
 STAGE_DEFAULTS = {
     "extend": {"lr": 5e-5, "schedule": "constant"},
@@ -35,25 +45,32 @@ def add_parser(sub):
     p.add_argument("--output", required=True, help="stage folder: checkpoints/, model/, train_log.jsonl")
     p.add_argument(
         "--target-length",
-        type=int,
+        type=int_at_least(2),
         default=None,
         help="extend: context window to train for (default: the dataset's target length)",
     )
     p.add_argument(
-        "--rope-theta", type=float, default=None, help="extend: RoPE base (default: the paper's rule)"
+        "--rope-theta",
+        type=positive_float,
+        default=None,
+        help="extend: RoPE base (default: the paper's rule)",
     )
-    p.add_argument("--max-steps", type=int, required=True)
-    p.add_argument("--tokens-per-batch", type=int, required=True, help="tokens per micro-batch (packed)")
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (extend 5e-5, anneal 5e-6)")
+    p.add_argument("--max-steps", type=positive_int, required=True)
+    p.add_argument(
+        "--tokens-per-batch", type=positive_int, required=True, help="tokens per micro-batch (packed)"
+    )
+    p.add_argument("--grad-accum", type=positive_int, default=1)
+    p.add_argument(
+        "--lr", type=positive_float, default=None, help="peak learning rate (extend 5e-5, anneal 5e-6)"
+    )
     p.add_argument("--schedule", choices=("constant", "linear", "cosine"), default=None)
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--min-lr-ratio", type=float, default=0.0)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--save-every", type=int, default=50)
-    p.add_argument("--keep-checkpoints", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup-steps", type=nonnegative_int, default=0)
+    p.add_argument("--min-lr-ratio", type=float_in(0.0, 1.0), default=0.0)
+    p.add_argument("--weight-decay", type=float_in(0.0, float("inf"), high_open=True), default=0.0)
+    p.add_argument("--max-grad-norm", type=float_in(0.0, float("inf"), high_open=True), default=1.0)
+    p.add_argument("--save-every", type=positive_int, default=50)
+    p.add_argument("--keep-checkpoints", type=positive_int, default=2)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="weights' dtype")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     p.add_argument("--gradient-checkpointing", action="store_true")
@@ -67,15 +84,27 @@ def add_parser(sub):
 def train(args) -> dict:
     from lr_train import patch
     from lr_train.data import PreparedDataset
-    from lr_train.recipe import load_model, load_tokenizer
+    from lr_train.recipe import load_model
     from lr_train.training import StageConfig, packed_batches, train_stage
 
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ValueError(f"--output {args.output} is a file, not a folder")
+    if args.warmup_steps > args.max_steps:
+        raise ValueError(f"--warmup-steps {args.warmup_steps} must be <= --max-steps {args.max_steps}")
     data = PreparedDataset(args.data)
     settings = data.settings
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    reach = int(settings.get("target_length", 0))
+    if args.target_length is not None and args.target_length < reach:
+        raise ValueError(
+            f"--target-length {args.target_length} is below the {reach} positions --data {args.data} "
+            f"was prepared for; pass at least {reach}"
+        )
+    tokenizer = load_tokenizer_arg(
+        args.tokenizer or args.model, "--tokenizer" if args.tokenizer else "--model"
+    )
     target = args.target_length
     if args.stage == "extend" and target is None:
-        target = int(settings.get("target_length", 0)) or None
+        target = reach or None
     model = load_model(
         args.model,
         tokenizer=tokenizer,
@@ -85,10 +114,10 @@ def train(args) -> dict:
         seed=args.seed,
     )
     limit = model.config.max_position_embeddings
-    if int(settings.get("target_length", 0)) > limit:
+    if reach > limit:
         raise ValueError(
-            f"--data positions reach {settings['target_length']} but the model's window is {limit}; "
-            "pass --target-length (extend) or train the extend stage first"
+            f"--data positions reach {reach} but --model's window is {limit}; train the extend stage "
+            f"first, or pass --target-length {reach}"
         )
     if not args.no_patch:
         patch(model, backend=args.backend)
@@ -122,8 +151,7 @@ def run(args) -> int:
     try:
         summary = train(args)
     except (ValueError, OSError) as exc:
-        print(f"train: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("train", exc)
     final = summary.get("final") or {}
     print(
         f"{args.stage}: {final.get('step')} steps, last loss {final.get('loss', float('nan')):.4f}; "

@@ -4,6 +4,7 @@ dataset format, packing and the collator. See docs/data-pipeline.md."""
 from lr_train.data.collate import IGNORE_INDEX, PackedBatchSampler, PackedCollator, pack_samples
 from lr_train.data.dataset import PreparedDataset, PreparedDatasetWriter
 from lr_train.data.masks import (
+    FUNCTION_WORDS,
     TOKEN_CLASSES,
     delimiter_mask,
     digit_mask,
@@ -23,6 +24,7 @@ from lr_train.data.samples import (
 )
 
 __all__ = [
+    "FUNCTION_WORDS",
     "IGNORE_INDEX",
     "POSITION_METHODS",
     "TOKEN_CLASSES",

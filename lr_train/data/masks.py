@@ -10,7 +10,27 @@ from collections.abc import Sequence
 import torch
 
 SENTENCE_END = (".", "!", "?")
-TOKEN_CLASSES = ("digit", "punctuation", "word", "other")
+# The kinds `analyze` reports impactful tokens by (the paper's breakdown: numerals, pronouns/auxiliaries,
+# conjunctions/adpositions, ...), judged from a token's decoded text alone; see ``token_class``.
+TOKEN_CLASSES = ("number", "capitalised", "punctuation", "function_word", "other")
+# English closed-class words: pronouns, determiners, auxiliaries and modals, conjunctions, adpositions,
+# particles. Lower case; a token matches when its stripped, lower-cased text is one of them.
+_FUNCTION_WORDS_TEXT = """
+    i me my mine myself you your yours yourself yourselves he him his himself she her hers herself it its
+    itself we us our ours ourselves they them their theirs themselves this that these those who whom whose
+    which what whatever whoever one ones
+    a an the some any no every each either neither both all few many much more most several such other
+    another own same
+    be am is are was were been being have has had having do does did doing done will would shall should
+    can could may might must ought 's 're 've 'd 'll 'm n't not
+    and or but nor so yet for because although though while whereas if unless until since than that
+    whether as once
+    of in on at by with from to into onto upon about above below over under between among through during
+    before after against without within along across behind beyond near toward towards around off out
+    up down via per despite except like
+    there here then now also too very just only even still again ever never not
+"""
+FUNCTION_WORDS = frozenset(_FUNCTION_WORDS_TEXT.split())
 MASK_FORMAT = "lr_train.impactful_mask"
 MASK_VERSION = 1
 
@@ -35,17 +55,26 @@ def is_digit_text(text: str) -> bool:
 
 
 def token_class(text: str) -> str:
-    """Coarse class of a token text: digit (any digit), punctuation (only punctuation/symbols), word,
-    other."""
+    """The kind of a token, from its decoded text (one of ``TOKEN_CLASSES``), checked in this order:
+
+    - ``number``: holds a digit ("7", " 1999", "3rd");
+    - ``punctuation``: only punctuation / symbols once whitespace is stripped (".", " ,", "$");
+    - ``function_word``: stripped and lower-cased, one of ``FUNCTION_WORDS`` (" the", "And", " of");
+    - ``capitalised``: starts with an upper-case letter (" Ada", "Paris"): the proxy for named entities —
+      a single token cannot tell a name from a sentence-initial word, so those count too;
+    - ``other``: everything else (lower-case content words, word pieces, whitespace, byte fragments).
+    """
     if is_digit_text(text):
-        return "digit"
+        return "number"
     core = text.strip()
     if not core:
         return "other"
     if all(unicodedata.category(ch)[0] in "PS" for ch in core):
         return "punctuation"
-    if any(ch.isalpha() for ch in core):
-        return "word"
+    if core.lower() in FUNCTION_WORDS:
+        return "function_word"
+    if core[0].isupper():
+        return "capitalised"
     return "other"
 
 
@@ -69,8 +98,14 @@ def digit_mask(tokenizer, *, texts: Sequence[str] | None = None) -> torch.Tensor
     return torch.tensor([is_digit_text(t) for t in texts], dtype=torch.bool)
 
 
-def save_impactful_mask(path: str | os.PathLike, token_ids: Sequence[int], vocab: int, **extra) -> None:
-    """Write the analysis file that ``load_impactful_mask`` and ``prepare --impactful`` read."""
+def save_impactful_mask(
+    path: str | os.PathLike, token_ids: Sequence[int], vocab: int, *, overwrite: bool = True, **extra
+) -> None:
+    """Write the analysis file that ``load_impactful_mask`` and ``prepare --impactful`` read, atomically
+    (a temporary sibling renamed at the end); ``extra`` keys are stored beside the ids. An existing file is
+    replaced only with ``overwrite``."""
+    from lr_train.checkpoint import atomic_write_text
+
     ids = sorted({int(i) for i in token_ids})
     if ids and (ids[0] < 0 or ids[-1] >= vocab):
         raise ValueError(f"token_ids must lie in [0, {vocab})")
@@ -81,8 +116,7 @@ def save_impactful_mask(path: str | os.PathLike, token_ids: Sequence[int], vocab
         "impactful_token_ids": ids,
     }
     payload.update(extra)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1)
+    atomic_write_text(os.fspath(path), json.dumps(payload, indent=1), overwrite=overwrite)
 
 
 def load_impactful_mask(path: str | os.PathLike, vocab: int) -> torch.Tensor:

@@ -8,6 +8,10 @@
 - ``randpos``: plain text cut likewise, RandPos positions (``lk.randpos_positions``).
 - ``full``: plain text cut likewise, positions 0..L-1 (full-length training: set train_length to the target).
 
+Every sample starts with BOS when one is given (``bos_token_id``, the tokenizer's): the kept text fills the
+other ``train_length - 1`` tokens, and a sample whose text already starts with BOS gets no second one. For
+``longrecipe`` the BOS is a one-token segment of its own, so it always keeps position 0.
+
 Randomness: selection in document i uses RNG key (seed, i); positions of sample j use key (seed, j), on
 separate streams. A run is reproducible for a seed and independent of batching and thread count.
 """
@@ -78,8 +82,8 @@ class PositionSettings:
 
 @dataclass
 class Sample:
-    """One training sample: input_ids and position_ids int64 [L]; n_segments: segments it holds (cut
-    ones count)."""
+    """One training sample: input_ids and position_ids int64 [L]; n_segments: text segments it holds (cut
+    ones count, an added BOS does not)."""
 
     input_ids: np.ndarray
     position_ids: np.ndarray
@@ -106,6 +110,7 @@ class SampleBuilder:
         settings: the method and its parameters.
         delimiter_mask, impactful_mask: bool [V] (``lr_train.data.masks``); needed for ``longrecipe`` only.
         batch_samples: samples whose positions are computed in one batched op call.
+        bos_token_id: put this token at the start of every sample (None: samples are plain text cuts).
     """
 
     def __init__(
@@ -115,7 +120,12 @@ class SampleBuilder:
         impactful_mask: torch.Tensor | None = None,
         *,
         batch_samples: int = 64,
+        bos_token_id: int | None = None,
     ) -> None:
+        if bos_token_id is not None and (isinstance(bos_token_id, bool) or int(bos_token_id) < 0):
+            raise ValueError(f"bos_token_id must be an int >= 0 or None, got {bos_token_id!r}")
+        if bos_token_id is not None and settings.train_length < 2:
+            raise ValueError("train_length must be >= 2 when every sample starts with a BOS token")
         if settings.selects and (delimiter_mask is None or impactful_mask is None):
             raise ValueError("delimiter_mask and impactful_mask are required for method='longrecipe'")
         if (
@@ -132,12 +142,13 @@ class SampleBuilder:
         self.delimiter_mask = delimiter_mask
         self.impactful_mask = impactful_mask
         self.batch_samples = batch_samples
+        self.bos_token_id = None if bos_token_id is None else int(bos_token_id)
         self.stats = SelectionStats()
         self.samples_emitted = 0
         self._tokens: list[np.ndarray] = []
         self._segments: list[int] = []
         self._buffered = 0
-        self._pending: list[tuple[np.ndarray, list[int]]] = []
+        self._pending: list[tuple[np.ndarray, list[int], int]] = []
         self._finished = False
 
     def _select(self, ids: torch.Tensor, doc_index: int) -> tuple[np.ndarray, list[int]]:
@@ -181,11 +192,15 @@ class SampleBuilder:
             self._segments.extend(segments)
             self._buffered += len(tokens)
         out = []
-        while self._buffered >= self.settings.train_length:
-            self._pending.append(self._cut(self.settings.train_length))
+        while self._buffered and self._buffered + self._bos_needed() >= self.settings.train_length:
+            self._pending.append(self._cut(self.settings.train_length - self._bos_needed()))
             if len(self._pending) >= self.batch_samples:
                 out.extend(self._flush())
         return out
+
+    def _bos_needed(self) -> int:
+        """1 when the next sample must get a BOS in front of the buffered text, else 0."""
+        return int(self.bos_token_id is not None and int(self._tokens[0][0]) != self.bos_token_id)
 
     def finish(self) -> list[Sample]:
         """Emit the remaining samples (a final partial one if it reaches ``min_length``)."""
@@ -193,12 +208,15 @@ class SampleBuilder:
             return []
         self._finished = True
         min_length = self.settings.min_length or self.settings.train_length
-        if self._buffered >= min_length:
+        if self._buffered and self._buffered + self._bos_needed() >= min_length:
             self._pending.append(self._cut(self._buffered))
         self._tokens, self._segments, self._buffered = [], [], 0
         return self._flush()
 
-    def _cut(self, n: int) -> tuple[np.ndarray, list[int]]:
+    def _cut(self, n: int) -> tuple[np.ndarray, list[int], int]:
+        """The next ``n`` buffered tokens (with a BOS in front when needed), their segment lengths, and
+        how many tokens were added (0 or 1)."""
+        bos = self._bos_needed()
         buf = np.concatenate(self._tokens) if len(self._tokens) > 1 else self._tokens[0]
         chunk, rest = buf[:n], buf[n:]
         self._tokens = [rest] if len(rest) else []
@@ -217,7 +235,10 @@ class SampleBuilder:
             used += length
             i += 1
         del self._segments[:i]
-        return chunk, taken
+        if bos:
+            chunk = np.concatenate([np.array([self.bos_token_id], dtype=chunk.dtype), chunk])
+            taken = [1, *taken]
+        return chunk, taken, bos
 
     def _flush(self) -> list[Sample]:
         if not self._pending:
@@ -226,10 +247,10 @@ class SampleBuilder:
         first = self.samples_emitted
         chunks = self._pending
         self._pending = []
-        lengths = [len(c) for c, _ in chunks]
+        lengths = [len(c) for c, _, _ in chunks]
         if s.method == "longrecipe":
-            seg = torch.tensor([x for _, segs in chunks for x in segs], dtype=torch.int64)
-            offsets = torch.tensor(np.cumsum([0] + [len(segs) for _, segs in chunks]), dtype=torch.int64)
+            seg = torch.tensor([x for _, segs, _ in chunks for x in segs], dtype=torch.int64)
+            offsets = torch.tensor(np.cumsum([0] + [len(segs) for _, segs, _ in chunks]), dtype=torch.int64)
             pos = lk.remap_positions(
                 seg,
                 s.target_length,
@@ -245,8 +266,8 @@ class SampleBuilder:
         else:
             pos = np.concatenate([np.arange(n, dtype=np.int64) for n in lengths])
         out, start = [], 0
-        for (chunk, segs), n in zip(chunks, lengths, strict=True):
-            out.append(Sample(chunk.astype(np.int64), pos[start : start + n], len(segs)))
+        for (chunk, segs, bos), n in zip(chunks, lengths, strict=True):
+            out.append(Sample(chunk.astype(np.int64), pos[start : start + n], len(segs) - bos))
             start += n
         self.samples_emitted += len(chunks)
         return out
@@ -257,9 +278,11 @@ def build_samples(
     settings: PositionSettings,
     delimiter_mask: torch.Tensor | None = None,
     impactful_mask: torch.Tensor | None = None,
+    *,
+    bos_token_id: int | None = None,
 ) -> Iterator[Sample]:
     """Convenience generator over ``SampleBuilder``: tokenized documents in, samples out."""
-    builder = SampleBuilder(settings, delimiter_mask, impactful_mask)
+    builder = SampleBuilder(settings, delimiter_mask, impactful_mask, bos_token_id=bos_token_id)
     for doc in documents:
         yield from builder.add_document(doc)
     yield from builder.finish()

@@ -61,9 +61,9 @@ def patch(
             (``logits_to_keep`` honoured).
         backend: "auto" (Triton on CUDA tensors, PyTorch on CPU), "triton" or "torch".
 
-    KV cache: with ``past_key_values`` given or ``use_cache=True`` (what ``generate()`` does) the model's
-    original forwards run, so generation works as before. Without them ``use_cache`` counts as False and
-    ``outputs.past_key_values`` is None even if ``config.use_cache`` is True.
+    KV cache: with ``cache`` (or the older ``past_key_values``) given or ``use_cache=True`` (what
+    ``generate()`` does) the model's original forwards run, so generation works as before. Without them
+    ``use_cache`` counts as False and the output's cache is None even if ``config.use_cache`` is True.
 
     Raises:
         UnsupportedModelError: (a ValueError) the model is not of a supported family or structure.

@@ -15,8 +15,10 @@ How a patched forward flows (no KV cache involved):
    family's own extras (Qwen3's per-head RMSNorm) and calls ``lk.varlen_attention`` with the position ids,
    so RoPE is applied inside the kernel.
 
-With a KV cache (``past_key_values`` given, or ``use_cache=True``) every replaced forward calls the
-original one: that is how ``generate()`` keeps working.
+With a KV cache (``cache`` / ``past_key_values`` given, or ``use_cache=True``) every replaced forward calls
+the original one: that is how ``generate()`` keeps working. The cache is handed on under the name the
+original forward declares (``cache`` since transformers renamed it, ``past_key_values`` before), so no
+deprecation warning fires and no cache is dropped.
 
 Everything is bound on the given model's own module instances (``types.MethodType``); classes,
 ``transformers`` module functions and ``torch.nn.functional`` are never touched.
@@ -24,6 +26,8 @@ Everything is bound on the given model's own module instances (``types.MethodTyp
 
 from __future__ import annotations
 
+import functools
+import inspect
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +44,24 @@ _STATE_ATTR = "_lr_patch_state"
 _FLASH_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 # Rope types whose frequencies transformers recomputes from the largest position id of each forward.
 _LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
+
+
+@functools.cache
+def _cache_kwarg_of(cls: type) -> str:
+    """The keyword under which ``cls.forward`` (a transformers class) takes the KV cache.
+
+    Read from the class, not from a saved instance forward, which may be a ``*args, **kwargs`` wrapper;
+    ``inspect.signature`` follows the ``functools.wraps`` decorators transformers puts on forwards.
+    """
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def _call_original(module: nn.Module, original: Callable, kv_cache, *args, **kwargs):
+    """Call ``module``'s original forward, passing ``kv_cache`` (when there is one) under the name its
+    class declares."""
+    if kv_cache is not None:
+        kwargs[_cache_kwarg_of(type(module))] = kv_cache
+    return original(*args, **kwargs)
 
 
 class UnsupportedModelError(ValueError):
@@ -324,6 +346,7 @@ def make_attention_forward(spec: FamilySpec, saved_forward: Callable | None) -> 
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
+        cache=None,
         past_key_values=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
@@ -333,13 +356,16 @@ def make_attention_forward(spec: FamilySpec, saved_forward: Callable | None) -> 
         the ``lr_varlen`` kwarg); otherwise the module's original forward runs.
         """
         varlen: VarlenBatch | None = kwargs.pop(VARLEN_KWARG, None)
-        if varlen is None or past_key_values is not None:
+        kv_cache = cache if cache is not None else past_key_values
+        if varlen is None or kv_cache is not None:
             original = saved_forward if saved_forward is not None else type(self).forward.__get__(self)
-            return original(
+            return _call_original(
+                self,
+                original,
+                kv_cache,
                 hidden_states,
                 position_embeddings=position_embeddings,
                 attention_mask=attention_mask,
-                past_key_values=past_key_values,
                 **kwargs,
             )
         if self.training and self.attention_dropout > 0:
@@ -384,24 +410,28 @@ def make_decoder_forward(rope: RopeSource, backend: str, saved_forward: Callable
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        past_key_values=None,
         **kwargs,
     ):
         """Packs the batch for the fused attention, then runs the original forward.
 
-        A KV cache (``past_key_values`` given, or ``use_cache=True``) selects the original path
-        unchanged. Without one, ``use_cache`` is treated as False (the fused path builds no cache, so
-        ``past_key_values`` in the output is None even when ``config.use_cache`` is True).
+        A KV cache (``cache`` or the older ``past_key_values`` given, or ``use_cache=True``) selects the
+        original path unchanged. Without one, ``use_cache`` is treated as False (the fused path builds no
+        cache, so the output's cache is None even when ``config.use_cache`` is True).
         """
         original = saved_forward if saved_forward is not None else type(self).forward.__get__(self)
-        if past_key_values is not None or use_cache:
-            return original(
+        kv_cache = cache if cache is not None else past_key_values
+        if kv_cache is not None or use_cache:
+            return _call_original(
+                self,
+                original,
+                kv_cache,
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 inputs_embeds=inputs_embeds,
                 use_cache=use_cache,
                 **kwargs,
@@ -430,7 +460,6 @@ def make_decoder_forward(rope: RopeSource, backend: str, saved_forward: Callable
             input_ids=input_ids,
             attention_mask=placeholder_mask,
             position_ids=_normalise_position_ids(position_ids, B, S, ref.device),
-            past_key_values=None,
             inputs_embeds=inputs_embeds,
             use_cache=False,
             **kwargs,
@@ -501,11 +530,12 @@ def make_causal_lm_forward(backend: str, saved_forward: Callable | None) -> Call
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values=None,
         **kwargs,
     ):
         """Causal-LM forward whose loss never materialises the logits.
@@ -514,18 +544,16 @@ def make_causal_lm_forward(backend: str, saved_forward: Callable | None) -> Call
         ``lk.fused_linear_cross_entropy`` on the last hidden states and ``outputs.logits`` is None.
         Otherwise this is the model's original forward.
         """
-        if (
-            labels is None
-            or past_key_values is not None
-            or use_cache
-            or self.loss_function is not ForCausalLMLoss
-        ):
+        kv_cache = cache if cache is not None else past_key_values
+        if labels is None or kv_cache is not None or use_cache or self.loss_function is not ForCausalLMLoss:
             original = saved_forward if saved_forward is not None else type(self).forward.__get__(self)
-            return original(
+            return _call_original(
+                self,
+                original,
+                kv_cache,
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 inputs_embeds=inputs_embeds,
                 labels=labels,
                 use_cache=use_cache,
@@ -537,7 +565,6 @@ def make_causal_lm_forward(backend: str, saved_forward: Callable | None) -> Call
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=None,
             inputs_embeds=inputs_embeds,
             use_cache=False,
             **kwargs,
@@ -555,7 +582,6 @@ def make_causal_lm_forward(backend: str, saved_forward: Callable | None) -> Call
         return CausalLMOutputWithPast(
             loss=loss,
             logits=None,
-            past_key_values=None,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
