@@ -27,7 +27,8 @@ def extended_rope_theta(theta: float, head_dim: int, original_length: int, targe
     """RoPE base for a window of ``target_length`` tokens, from a model trained at ``original_length``.
 
     The dynamic-NTK rule evaluated at the target, ``theta * (s * L / L0 - (s - 1)) ** (d / (d - 2))`` with
-    ``s = L / L0``; it reproduces the paper's bases (Llama-3-8B: 48.9M for 80k, 131.5M for 128k).
+    ``s = L / L0``; it reproduces the paper's bases (Llama-3-8B: 48.9M at a target of 81,920 tokens,
+    131.5M at 131,072; a target of 80,000 gives 46.5M).
     """
     if original_length <= 0 or target_length <= 0:
         raise ValueError("original_length and target_length must be positive")
