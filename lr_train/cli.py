@@ -229,23 +229,26 @@ def quiet_known_warnings() -> None:
             logger.addFilter(_DropMessages(fragment))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; with ``only``, just that sub-command's (the others' modules, and torch with
+    them, are not imported: an argument error then costs a fraction of a second)."""
     parser = ArgumentParser(prog=PROG, description="LongRecipe: efficient long-context extension of LLMs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         importlib.import_module(f"lr_train.commands.{name}").add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    limit_threads()
+    argv = sys.argv[1:] if argv is None else list(argv)
     quiet_known_warnings()
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)
     try:
         for dest, flag in MODEL_ARGS.items():
             value = getattr(args, dest, None)
             if isinstance(value, str):
                 check_model_arg(value, flag)
+        limit_threads()
         rc = args.func(args)
     except ValueError as exc:
         rc = fail(args.command, exc)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 TINY_PRESETS: dict[str, dict[str, Any]] = {
     # A model small enough to train on a laptop CPU in minutes; used by the demo and the tests.
@@ -75,11 +76,14 @@ def set_context_window(config: Any, target_length: int, rope_theta: float | None
 
 
 def build_model(
-    name_or_path: str, *, vocab_size: int | None = None, dtype: torch.dtype = torch.float32, seed: int = 0
+    name_or_path: str, *, vocab_size: int | None = None, dtype: torch.dtype | None = None, seed: int = 0
 ):
-    """A causal LM from a local path / hub name, or a ``tiny-*`` preset (random init, no download)."""
+    """A causal LM from a local path / hub name, or a ``tiny-*`` preset (random init, no download).
+    ``dtype`` defaults to float32."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    dtype = torch.float32 if dtype is None else dtype
     if name_or_path in TINY_PRESETS:
         if vocab_size is None:
             raise ValueError(f"model preset {name_or_path!r} needs vocab_size (from the tokenizer)")

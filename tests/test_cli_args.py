@@ -6,6 +6,8 @@ these tests stay fast and prove that no hub call is made."""
 import logging
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -279,3 +281,20 @@ def test_a_model_folder_without_a_tokenizer_is_named(command, tmp_path, text_fil
     line = one_error_line(capsys.readouterr().err)
     flag = argv[1]
     assert f"{flag} {model} holds no tokenizer files" in line and line.endswith("pass --tokenizer"), line
+
+
+def test_argument_errors_do_not_import_torch():
+    """A mistyped flag or path is answered before torch, transformers or the other commands load."""
+    code = (
+        "import sys\n"
+        "from lr_train.cli import main\n"
+        "try:\n"
+        "    main(['eval', '--model', './no-such-model', '--output', 'out', '--lengths', '64'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 2, e.code\n"
+        "heavy = [m for m in ('torch', 'transformers', 'lr_train.commands.train') if m in sys.modules]\n"
+        "assert heavy == [], heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "--model ./no-such-model" in proc.stderr
