@@ -21,6 +21,8 @@ from tqdm.auto import tqdm
 from lr_train.checkpoint import atomic_dir, prune, step_dirs
 
 SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw", "sgd")
+IGNORE_INDEX = -100
 
 
 @dataclass
@@ -41,6 +43,7 @@ class StageConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    optimizer: str = "adamw"  # "adamw" | "sgd" (plain, no momentum: the update is -lr * gradient)
     gradient_checkpointing: bool = False
     log_every: int = 1
 
@@ -55,6 +58,8 @@ class StageConfig:
             raise ValueError("warmup_steps must be in [0, max_steps]")
         if self.grad_accum < 1 or self.save_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("grad_accum, save_every and keep_checkpoints must be >= 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
 
@@ -79,21 +84,37 @@ def train_stage(
     progress: bool = True,
     on_log: Callable[[dict], None] | None = None,
     save_extra: Callable[[str], None] | None = None,
+    on_grads: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> dict:
     """Train ``model`` for ``cfg.max_steps`` optimizer steps; resume from the newest checkpoint under
     ``cfg.output/checkpoints`` if one exists. ``batches(start, rank, world)`` yields this process's
-    micro-batches (model kwargs incl. ``labels``) from its micro-batch number ``start`` on — deterministic, so
-    a resumed run sees the same data as an uninterrupted one.
+    micro-batches (model kwargs incl. ``labels`` [1, T]) from its micro-batch number ``start`` on —
+    deterministic, so a resumed run sees the same data as an uninterrupted one.
+
+    The loss of an optimizer step is the sum of the token losses of its ``grad_accum`` micro-batches on
+    every process, divided by the number of target tokens in all of them: N processes with ``grad_accum``
+    micro-batches each compute the gradients of one process with ``N * grad_accum`` micro-batches.
 
     Writes ``cfg.output/model`` (save_pretrained, atomically; ``save_extra(folder)`` may add files such as
-    the tokenizer) and ``cfg.output/train_log.jsonl``; returns a summary dict.
+    the tokenizer) and ``cfg.output/train_log.jsonl`` (one row per step, over all processes: ``loss`` as
+    above, the ``lr`` the step used, its input ``tokens``, and ``tokens_per_s`` since this run started);
+    returns a summary dict. ``on_grads(step, model)`` (diagnostics, tests) sees the unwrapped model once
+    the gradients of optimizer step ``step`` (1-based) are complete: reduced over processes, not clipped.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     cfg.validate()
     set_seed(cfg.seed)
-    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    acc = Accelerator(
+        gradient_accumulation_steps=cfg.grad_accum,
+        mixed_precision=cfg.mixed_precision,
+        cpu=_cpu_processes(),
+        # accelerate would step the scheduler once per process per optimizer step, assuming a step count
+        # divided by the world size; max_steps counts global optimizer steps, so the loop steps it itself.
+        step_scheduler_with_optimizer=False,
+    )
+    _check_launch(acc)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -101,10 +122,11 @@ def train_stage(
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-    )
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
 
@@ -127,33 +149,45 @@ def train_stage(
     bar = tqdm(
         total=cfg.max_steps, initial=start_step, desc="train", disable=not (progress and acc.is_main_process)
     )
+    # accelerate divides each micro-batch's loss by grad_accum and the engine (DDP, FSDP, DeepSpeed)
+    # averages gradients over processes; the loss below is already normalised globally, so undo both.
+    scale = cfg.grad_accum * acc.num_processes
     t0 = time.perf_counter()
     tokens = 0
     last = {}
     for step in range(start_step, cfg.max_steps):
-        loss_sum = 0.0
-        for _ in range(cfg.grad_accum):
-            try:
-                batch = next(stream)
-            except StopIteration as e:
-                raise ValueError(
-                    "the data ran out before max_steps; prepare more data or lower max_steps"
-                ) from e
+        micro = [_next_batch(stream) for _ in range(cfg.grad_accum)]
+        counts = torch.tensor(
+            [sum(_target_count(b) for b in micro), sum(int(b["input_ids"].numel()) for b in micro)],
+            dtype=torch.float64,
+            device=acc.device,
+        )
+        n_targets, n_tokens = (int(x) for x in acc.reduce(counts, "sum").tolist())
+        loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
+        for batch in micro:
             batch = {k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             with acc.accumulate(model):
-                out = model(**batch)
-                acc.backward(out.loss)
-                if acc.sync_gradients and cfg.max_grad_norm > 0:
-                    acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                # Sum of this micro-batch's token losses / the step's targets on all processes (a step
+                # without any target has a zero loss, not 0/0).
+                out = model(**batch, num_items_in_batch=max(n_targets, 1))
+                acc.backward(out.loss * scale)
+                if acc.sync_gradients:
+                    if on_grads is not None:
+                        on_grads(step + 1, acc.unwrap_model(model))
+                    if cfg.max_grad_norm > 0:
+                        acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            loss_sum += float(out.loss.detach())
-            tokens += int(batch["input_ids"].numel())
+            loss_sum += out.loss.detach().double()
+        lr = scheduler.get_last_lr()[0]
+        if not optimizer.step_was_skipped:  # fp16 loss scaling skips steps whose gradients overflowed
+            scheduler.step()
+        tokens += n_tokens
         last = {
             "step": step + 1,
-            "loss": loss_sum / cfg.grad_accum,
-            "lr": scheduler.get_last_lr()[0],
+            "loss": float(acc.reduce(loss_sum, "sum")),
+            "lr": lr,
+            "tokens": n_tokens,
             "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9),
         }
         if acc.is_main_process:
@@ -161,22 +195,68 @@ def train_stage(
                 f.write(json.dumps(last) + "\n")
             if on_log is not None and (step + 1) % cfg.log_every == 0:
                 on_log(last)
-        bar.set_postfix(loss=f"{last['loss']:.3f}")
+        bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
         bar.update(1)
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.max_steps:
             _save_checkpoint(acc, ckpt_root, step + 1, cfg.keep_checkpoints)
     bar.close()
     acc.wait_for_everyone()
     summary = {"config": asdict(cfg), "final": last}
+    # Under FSDP and ZeRO-3 gathering the full weights is a collective: every process takes part.
+    state_dict = acc.get_state_dict(model)
     if acc.is_main_process:
         with atomic_dir(os.path.join(cfg.output, "model"), overwrite=True) as tmp:
-            acc.unwrap_model(model).save_pretrained(tmp, state_dict=acc.get_state_dict(model))
+            acc.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
             with open(os.path.join(tmp, "lr_train_summary.json"), "w") as f:
                 json.dump(summary, f, indent=2)
             if save_extra is not None:
                 save_extra(tmp)
     acc.wait_for_everyone()
     return summary
+
+
+def _next_batch(stream: Iterator[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    try:
+        return next(stream)
+    except StopIteration as e:
+        raise ValueError("the data ran out before max_steps; prepare more data or lower max_steps") from e
+
+
+def _target_count(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens the loss scores: HF causal LMs score ``labels[..., t + 1]`` at position t."""
+    if "shift_labels" in batch:
+        return int((batch["shift_labels"] != IGNORE_INDEX).sum())
+    return int((batch["labels"][..., 1:] != IGNORE_INDEX).sum())
+
+
+def _cpu_processes() -> bool:
+    """True for a multi-process launch on a machine without GPUs: accelerate joins CPU processes (gloo)
+    only when told ``cpu=True``; otherwise each process would train alone on its share of the data."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    accel = getattr(torch, "accelerator", None)
+    return not (accel.is_available() if accel is not None else torch.cuda.is_available())
+
+
+def _check_launch(acc) -> None:
+    """Fail before training when the launch asked for something accelerate did not set up."""
+    from accelerate.utils import DistributedType
+
+    world = os.environ.get("WORLD_SIZE")
+    if world is not None and int(world) != acc.num_processes:
+        raise ValueError(
+            f"launched as {world} processes but accelerate joined {acc.num_processes}; "
+            "check the launcher and the accelerate config"
+        )
+    for env, kind, name in (
+        ("ACCELERATE_USE_FSDP", DistributedType.FSDP, "FSDP"),
+        ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED, "DeepSpeed"),
+    ):
+        if os.environ.get(env, "false").lower() == "true" and acc.distributed_type != kind:
+            raise ValueError(
+                f"the accelerate config asks for {name} but accelerate set up {acc.distributed_type.value} "
+                f"(accelerate runs {name} on GPUs only; this run's device is {acc.device.type})"
+            )
 
 
 def packed_batches(dataset, tokens_per_batch: int, seed: int = 0):

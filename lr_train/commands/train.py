@@ -67,6 +67,12 @@ def add_parser(sub):
     p.add_argument("--warmup-steps", type=nonnegative_int, default=0)
     p.add_argument("--min-lr-ratio", type=float_in(0.0, 1.0), default=0.0)
     p.add_argument("--weight-decay", type=float_in(0.0, float("inf"), high_open=True), default=0.0)
+    p.add_argument(
+        "--optimizer",
+        choices=("adamw", "sgd"),
+        default="adamw",
+        help="adamw (default) or plain SGD without momentum (exactness checks: the update is -lr * grad)",
+    )
     p.add_argument("--max-grad-norm", type=float_in(0.0, float("inf"), high_open=True), default=1.0)
     p.add_argument("--save-every", type=positive_int, default=50)
     p.add_argument("--keep-checkpoints", type=positive_int, default=2)
@@ -130,6 +136,7 @@ def train(args) -> dict:
         warmup_steps=args.warmup_steps,
         min_lr_ratio=args.min_lr_ratio,
         weight_decay=args.weight_decay,
+        optimizer=args.optimizer,
         max_grad_norm=args.max_grad_norm,
         grad_accum=args.grad_accum,
         save_every=args.save_every,
@@ -153,6 +160,8 @@ def run(args) -> int:
     except (ValueError, OSError) as exc:
         return fail("train", exc)
     final = summary.get("final") or {}
+    if int(os.environ.get("RANK", "0")) != 0:  # one summary line per run, not one per process
+        return 0
     print(
         f"{args.stage}: {final.get('step')} steps, last loss {final.get('loss', float('nan')):.4f}; "
         f"model in {args.output}/model"
