@@ -2,6 +2,10 @@
 // CUDA kernels. Shapes, dtypes and value ranges are checked by the Python wrappers in
 // lr_kernels/positions; the TORCH_CHECKs here only guard against memory errors when the ops are called
 // directly through torch.ops.
+//
+// Every CUDA branch sets a CUDAGuard on its input's device before launching (a launch goes to the current
+// device, which need not be the tensors' one), launches on that device's current stream, and checks each
+// launch's status (check_launch: C10_CUDA_CHECK of the cudaError_t the launcher returns).
 #include <Python.h>
 
 #include <algorithm>
@@ -14,6 +18,8 @@
 #include "positions_launch.h"
 
 #ifdef LR_WITH_CUDA
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
 
@@ -51,6 +57,19 @@ void check_1d(const at::Tensor& t, at::ScalarType dtype, const char* name) {
                     " tensor");
 }
 
+void check_same_device(const at::Tensor& t, const at::Tensor& like, const char* name, const char* like_name) {
+  TORCH_CHECK_VALUE(t.device() == like.device(), name, " must be on the device of ", like_name, " (", like.device(),
+                    "), got ", t.device());
+}
+
+#ifdef LR_WITH_CUDA
+// The launchers in positions_cuda.cu are CUDA-free in their interface: they return a cudaError_t as an int.
+void check_launch(int status) { C10_CUDA_CHECK(static_cast<cudaError_t>(status)); }
+
+// The current stream of t's device (not of whatever device happens to be current).
+void* stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+#endif
+
 uint64_t drop_threshold53(double drop_ratio) {
   TORCH_CHECK_VALUE(drop_ratio >= 0.0 && drop_ratio <= 1.0, "drop_ratio must lie in [0, 1], got ", drop_ratio);
   // Exact: scaling by a power of two; the truncation matches the Python reference's int().
@@ -60,15 +79,17 @@ uint64_t drop_threshold53(double drop_ratio) {
 at::Tensor split_segments(const at::Tensor& input_ids_, const at::Tensor& delimiter_mask_) {
   check_1d(input_ids_, at::kLong, "input_ids");
   check_1d(delimiter_mask_, at::kBool, "delimiter_mask");
+  check_same_device(delimiter_mask_, input_ids_, "delimiter_mask", "input_ids");
   const auto ids = input_ids_.contiguous();
   const auto mask = delimiter_mask_.contiguous();
   check_index_range(ids, mask.numel(), "input_ids", "delimiter_mask");
   const int64_t n = ids.numel();
   if (ids.is_cuda()) {
 #ifdef LR_WITH_CUDA
+    const c10::cuda::CUDAGuard device_guard(ids.device());
     auto flags = at::empty({n}, ids.options().dtype(at::kByte));
-    lr::split_flags_cuda(ids.data_ptr<int64_t>(), n, mask.data_ptr<bool>(), flags.data_ptr<uint8_t>(),
-                         c10::cuda::getCurrentCUDAStream().stream());
+    check_launch(lr::split_flags_cuda(ids.data_ptr<int64_t>(), n, mask.data_ptr<bool>(), flags.data_ptr<uint8_t>(),
+                                      stream_of(ids)));
     auto starts = at::nonzero(flags).view({-1});
     return at::cat({starts, at::full({1}, n, starts.options())});
 #else
@@ -87,6 +108,8 @@ at::Tensor select_segments(const at::Tensor& input_ids_, const at::Tensor& segme
   check_1d(input_ids_, at::kLong, "input_ids");
   check_1d(segment_starts_, at::kLong, "segment_starts");
   check_1d(impactful_mask_, at::kBool, "impactful_mask");
+  check_same_device(segment_starts_, input_ids_, "segment_starts", "input_ids");
+  check_same_device(impactful_mask_, input_ids_, "impactful_mask", "input_ids");
   const auto ids = input_ids_.contiguous();
   const auto starts = segment_starts_.contiguous();
   const auto mask = impactful_mask_.contiguous();
@@ -106,9 +129,10 @@ at::Tensor select_segments(const at::Tensor& input_ids_, const at::Tensor& segme
   auto keep = at::empty({n_segments}, ids.options().dtype(at::kByte));
   if (ids.is_cuda()) {
 #ifdef LR_WITH_CUDA
-    lr::keep_segments_cuda(ids.data_ptr<int64_t>(), starts.data_ptr<int64_t>(), n_segments, mask.data_ptr<bool>(),
-                           threshold, (uint64_t)seed, (uint64_t)document_index, keep.data_ptr<uint8_t>(),
-                           c10::cuda::getCurrentCUDAStream().stream());
+    const c10::cuda::CUDAGuard device_guard(ids.device());
+    check_launch(lr::keep_segments_cuda(ids.data_ptr<int64_t>(), starts.data_ptr<int64_t>(), n_segments,
+                                        mask.data_ptr<bool>(), threshold, (uint64_t)seed, (uint64_t)document_index,
+                                        keep.data_ptr<uint8_t>(), stream_of(ids)));
     const auto lengths = starts.narrow(0, 1, n_segments) - starts.narrow(0, 0, n_segments);
     const auto token_keep = at::repeat_interleave(keep.to(at::kBool), lengths);
     return at::nonzero(token_keep).view({-1});
@@ -143,6 +167,7 @@ at::Tensor remap_positions(const at::Tensor& segment_lengths_, const at::Tensor&
                            int64_t target_length, int64_t seed, int64_t keep_prefix, int64_t first_document) {
   check_1d(segment_lengths_, at::kLong, "segment_lengths");
   check_1d(segment_offsets_, at::kLong, "segment_offsets");
+  check_same_device(segment_offsets_, segment_lengths_, "segment_offsets", "segment_lengths");
   TORCH_CHECK_VALUE(segment_offsets_.numel() >= 1, "segment_offsets must hold at least one entry (B+1 offsets)");
   TORCH_CHECK_VALUE(target_length >= 0, "target_length must be >= 0");
   TORCH_CHECK_VALUE(keep_prefix >= -1, "keep_prefix must be >= 0, or -1 for a random prefix");
@@ -175,17 +200,18 @@ at::Tensor remap_positions(const at::Tensor& segment_lengths_, const at::Tensor&
   auto out = at::empty({n_tokens}, lengths.options());
   if (lengths.is_cuda()) {
 #ifdef LR_WITH_CUDA
+    const c10::cuda::CUDAGuard device_guard(lengths.device());
     const auto tok = h_tok.to(lengths.device());
     const int64_t n_segments = lengths.numel();
     auto bits = at::empty({std::max<int64_t>(n_docs * lr::bitmap_words(target_length), 1)}, lengths.options());
     auto block_token = at::empty({n_segments + 2 * n_docs}, lengths.options());
     auto block_position = at::empty({n_segments + n_docs}, lengths.options());
     auto n_blocks = at::empty({n_docs}, lengths.options());
-    lr::remap_positions_cuda(lengths.data_ptr<int64_t>(), seg_offsets.data_ptr<int64_t>(), tok.data_ptr<int64_t>(),
-                             n_docs, target_length, keep_prefix, (uint64_t)seed, (uint64_t)first_document,
-                             reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()), block_token.data_ptr<int64_t>(),
-                             block_position.data_ptr<int64_t>(), n_blocks.data_ptr<int64_t>(), out.data_ptr<int64_t>(),
-                             c10::cuda::getCurrentCUDAStream().stream());
+    check_launch(lr::remap_positions_cuda(
+        lengths.data_ptr<int64_t>(), seg_offsets.data_ptr<int64_t>(), tok.data_ptr<int64_t>(), n_docs, target_length,
+        keep_prefix, (uint64_t)seed, (uint64_t)first_document, reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()),
+        block_token.data_ptr<int64_t>(), block_position.data_ptr<int64_t>(), n_blocks.data_ptr<int64_t>(),
+        out.data_ptr<int64_t>(), stream_of(lengths)));
     return out;
 #else
     TORCH_CHECK(false, "lr_kernels._C was built without CUDA");
@@ -214,17 +240,18 @@ at::Tensor document_positions(const at::Tensor& lengths_, int64_t target_length,
   auto out = at::empty({h_tok.data_ptr<int64_t>()[n_docs]}, lengths.options());
   if (lengths.is_cuda()) {
 #ifdef LR_WITH_CUDA
+    const c10::cuda::CUDAGuard device_guard(lengths.device());
     const auto tok = h_tok.to(lengths.device());
-    void* stream = c10::cuda::getCurrentCUDAStream().stream();
     if (randpos) {
       auto scratch = at::empty({std::max<int64_t>(n_docs * lr::bitmap_words(target_length), 1)}, lengths.options());
-      lr::randpos_positions_cuda(lengths.data_ptr<int64_t>(), tok.data_ptr<int64_t>(), n_docs, target_length,
-                                 (uint64_t)seed, (uint64_t)first_document,
-                                 reinterpret_cast<uint64_t*>(scratch.data_ptr<int64_t>()), out.data_ptr<int64_t>(),
-                                 stream);
+      check_launch(lr::randpos_positions_cuda(lengths.data_ptr<int64_t>(), tok.data_ptr<int64_t>(), n_docs,
+                                              target_length, (uint64_t)seed, (uint64_t)first_document,
+                                              reinterpret_cast<uint64_t*>(scratch.data_ptr<int64_t>()),
+                                              out.data_ptr<int64_t>(), stream_of(lengths)));
     } else {
-      lr::pose_positions_cuda(lengths.data_ptr<int64_t>(), tok.data_ptr<int64_t>(), n_docs, target_length,
-                              (uint64_t)seed, (uint64_t)first_document, out.data_ptr<int64_t>(), stream);
+      check_launch(lr::pose_positions_cuda(lengths.data_ptr<int64_t>(), tok.data_ptr<int64_t>(), n_docs,
+                                           target_length, (uint64_t)seed, (uint64_t)first_document,
+                                           out.data_ptr<int64_t>(), stream_of(lengths)));
     }
     return out;
 #else

@@ -10,6 +10,15 @@ namespace {
 
 constexpr int kThreads = 128;
 
+// cudaGetLastError right after a launch reports a launch that never started (bad configuration, no kernel
+// image for this GPU, a sticky error from earlier work). Return it at once, before a later launch reads
+// scratch the failed one should have written; the binding turns it into a Python error (C10_CUDA_CHECK).
+#define LR_LAUNCH_CHECK()                                            \
+  do {                                                               \
+    const cudaError_t lr_launch_status = cudaGetLastError();         \
+    if (lr_launch_status != cudaSuccess) return (int)lr_launch_status; \
+  } while (0)
+
 inline unsigned int blocks_for(int64_t n) { return (unsigned int)((n + kThreads - 1) / kThreads); }
 
 __global__ void split_flags_kernel(const int64_t* __restrict__ ids, int64_t n_tokens,
@@ -80,43 +89,54 @@ __global__ void randpos_positions_kernel(const int64_t* __restrict__ lengths, co
 
 }  // namespace
 
-void split_flags_cuda(const int64_t* ids, int64_t n_tokens, const bool* delimiter_mask, uint8_t* starts_flag,
-                      void* stream) {
-  if (n_tokens == 0) return;
+int split_flags_cuda(const int64_t* ids, int64_t n_tokens, const bool* delimiter_mask, uint8_t* starts_flag,
+                     void* stream) {
+  if (n_tokens == 0) return 0;
   split_flags_kernel<<<blocks_for(n_tokens), kThreads, 0, (cudaStream_t)stream>>>(ids, n_tokens, delimiter_mask,
                                                                                    starts_flag);
+  LR_LAUNCH_CHECK();
+  return 0;
 }
 
-void keep_segments_cuda(const int64_t* ids, const int64_t* starts, int64_t n_segments, const bool* impactful_mask,
-                        uint64_t drop_threshold53, uint64_t seed, uint64_t doc, uint8_t* keep, void* stream) {
-  if (n_segments == 0) return;
+int keep_segments_cuda(const int64_t* ids, const int64_t* starts, int64_t n_segments, const bool* impactful_mask,
+                       uint64_t drop_threshold53, uint64_t seed, uint64_t doc, uint8_t* keep, void* stream) {
+  if (n_segments == 0) return 0;
   keep_segments_kernel<<<blocks_for(n_segments), kThreads, 0, (cudaStream_t)stream>>>(
       ids, starts, n_segments, impactful_mask, drop_threshold53, seed, doc, keep);
+  LR_LAUNCH_CHECK();
+  return 0;
 }
 
-void remap_positions_cuda(const int64_t* lengths, const int64_t* seg_offsets, const int64_t* tok_offsets,
-                          int64_t n_docs, int64_t target, int64_t keep_prefix, uint64_t seed, uint64_t first_doc,
-                          uint64_t* bits, int64_t* block_token, int64_t* block_position, int64_t* n_blocks,
-                          int64_t* out, void* stream) {
-  if (n_docs == 0) return;
+int remap_positions_cuda(const int64_t* lengths, const int64_t* seg_offsets, const int64_t* tok_offsets,
+                         int64_t n_docs, int64_t target, int64_t keep_prefix, uint64_t seed, uint64_t first_doc,
+                         uint64_t* bits, int64_t* block_token, int64_t* block_position, int64_t* n_blocks,
+                         int64_t* out, void* stream) {
+  if (n_docs == 0) return 0;
   remap_layout_kernel<<<blocks_for(n_docs), kThreads, 0, (cudaStream_t)stream>>>(
       lengths, seg_offsets, n_docs, target, keep_prefix, seed, first_doc, bits, block_token, block_position, n_blocks);
+  LR_LAUNCH_CHECK();
   remap_write_kernel<<<(unsigned int)n_docs, kThreads, 0, (cudaStream_t)stream>>>(
       seg_offsets, tok_offsets, block_token, block_position, n_blocks, out);
+  LR_LAUNCH_CHECK();
+  return 0;
 }
 
-void pose_positions_cuda(const int64_t* lengths, const int64_t* tok_offsets, int64_t n_docs, int64_t target,
-                         uint64_t seed, uint64_t first_doc, int64_t* out, void* stream) {
-  if (n_docs == 0) return;
+int pose_positions_cuda(const int64_t* lengths, const int64_t* tok_offsets, int64_t n_docs, int64_t target,
+                        uint64_t seed, uint64_t first_doc, int64_t* out, void* stream) {
+  if (n_docs == 0) return 0;
   pose_positions_kernel<<<(unsigned int)n_docs, 256, 0, (cudaStream_t)stream>>>(lengths, tok_offsets, target, seed,
                                                                                   first_doc, out);
+  LR_LAUNCH_CHECK();
+  return 0;
 }
 
-void randpos_positions_cuda(const int64_t* lengths, const int64_t* tok_offsets, int64_t n_docs, int64_t target,
-                            uint64_t seed, uint64_t first_doc, uint64_t* scratch, int64_t* out, void* stream) {
-  if (n_docs == 0) return;
+int randpos_positions_cuda(const int64_t* lengths, const int64_t* tok_offsets, int64_t n_docs, int64_t target,
+                           uint64_t seed, uint64_t first_doc, uint64_t* scratch, int64_t* out, void* stream) {
+  if (n_docs == 0) return 0;
   randpos_positions_kernel<<<blocks_for(n_docs), kThreads, 0, (cudaStream_t)stream>>>(
       lengths, tok_offsets, n_docs, target, seed, first_doc, scratch, out);
+  LR_LAUNCH_CHECK();
+  return 0;
 }
 
 }  // namespace lr

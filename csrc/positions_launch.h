@@ -25,22 +25,25 @@ void pose_positions_cpu(const int64_t* lengths, const int64_t* tok_offsets, int6
 void randpos_positions_cpu(const int64_t* lengths, const int64_t* tok_offsets, int64_t n_docs, int64_t target,
                            uint64_t seed, uint64_t first_doc, int64_t* out, int num_threads);
 
-// CUDA versions: same arguments, device pointers, asynchronous on `stream` (a cudaStream_t).
+// CUDA versions: same arguments, device pointers, asynchronous on `stream` (a cudaStream_t) of the current
+// device, which the caller sets (bindings.cpp: a CUDAGuard on the inputs' device). Each returns 0, or the
+// cudaError_t (as an int: this header stays free of CUDA headers) of the first launch that failed, after
+// which it launches nothing more.
 // split writes starts_flag[i] = 1 where token i starts a segment (the binding compacts them).
-void split_flags_cuda(const int64_t* ids, int64_t n_tokens, const bool* delimiter_mask, uint8_t* starts_flag,
-                      void* stream);
-void keep_segments_cuda(const int64_t* ids, const int64_t* starts, int64_t n_segments, const bool* impactful_mask,
-                        uint64_t drop_threshold53, uint64_t seed, uint64_t doc, uint8_t* keep, void* stream);
+int split_flags_cuda(const int64_t* ids, int64_t n_tokens, const bool* delimiter_mask, uint8_t* starts_flag,
+                     void* stream);
+int keep_segments_cuda(const int64_t* ids, const int64_t* starts, int64_t n_segments, const bool* impactful_mask,
+                       uint64_t drop_threshold53, uint64_t seed, uint64_t doc, uint8_t* keep, void* stream);
 // Device scratch: bits n_docs * bitmap_words(target) words; block_token S + 2 * n_docs, block_position and
 // n_blocks S + n_docs and n_docs entries (S = number of segments).
-void remap_positions_cuda(const int64_t* lengths, const int64_t* seg_offsets, const int64_t* tok_offsets,
-                          int64_t n_docs, int64_t target, int64_t keep_prefix, uint64_t seed, uint64_t first_doc,
-                          uint64_t* bits, int64_t* block_token, int64_t* block_position, int64_t* n_blocks,
-                          int64_t* out, void* stream);
+int remap_positions_cuda(const int64_t* lengths, const int64_t* seg_offsets, const int64_t* tok_offsets,
+                         int64_t n_docs, int64_t target, int64_t keep_prefix, uint64_t seed, uint64_t first_doc,
+                         uint64_t* bits, int64_t* block_token, int64_t* block_position, int64_t* n_blocks,
+                         int64_t* out, void* stream);
+int pose_positions_cuda(const int64_t* lengths, const int64_t* tok_offsets, int64_t n_docs, int64_t target,
+                        uint64_t seed, uint64_t first_doc, int64_t* out, void* stream);
 // scratch: n_docs * bitmap_words(target) words of device memory.
-void pose_positions_cuda(const int64_t* lengths, const int64_t* tok_offsets, int64_t n_docs, int64_t target,
-                         uint64_t seed, uint64_t first_doc, int64_t* out, void* stream);
-void randpos_positions_cuda(const int64_t* lengths, const int64_t* tok_offsets, int64_t n_docs, int64_t target,
-                            uint64_t seed, uint64_t first_doc, uint64_t* scratch, int64_t* out, void* stream);
+int randpos_positions_cuda(const int64_t* lengths, const int64_t* tok_offsets, int64_t n_docs, int64_t target,
+                           uint64_t seed, uint64_t first_doc, uint64_t* scratch, int64_t* out, void* stream);
 
 }  // namespace lr

@@ -41,8 +41,15 @@ def check_tensor(
     ndim: int | None = None,
     dtypes: Iterable[torch.dtype] | None = None,
     device: torch.device | None = None,
+    contiguous: bool = False,
 ) -> torch.Tensor:
-    """Raise ValueError naming ``name`` unless ``t`` is a tensor of the expected rank/dtype/device."""
+    """Raise ValueError naming ``name`` unless ``t`` is a tensor of the expected rank/dtype/device.
+
+    Returns ``t``, or with ``contiguous=True`` ``t.contiguous()``. Index tensors (position ids,
+    ``cu_seqlens``, ``inv_freq``, targets) are checked with ``contiguous=True``: kernels read them as dense
+    arrays (``P + offs``), so a strided view (``pos[::2]``) is copied once here instead of being rejected.
+    The copy is at most ``T`` integers, negligible beside the ``[T, H, D]`` activations.
+    """
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if ndim is not None and t.dim() != ndim:
@@ -54,7 +61,7 @@ def check_tensor(
             raise ValueError(f"{name} must have dtype in ({names}), got {str(t.dtype).replace('torch.', '')}")
     if device is not None and t.device != device:
         raise ValueError(f"{name} must be on {device} (like the other inputs), got {t.device}")
-    return t
+    return t.contiguous() if contiguous else t
 
 
 def check_same_dtype(names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:

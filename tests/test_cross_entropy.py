@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -321,16 +323,44 @@ def test_no_full_logits_buffer_is_allocated(monkeypatch):
     assert max(sizes) == chunk * V
 
 
+def _emulate_fp32_output_gemms(monkeypatch):
+    """Stand in for cuBLAS's fp16/bf16 GEMMs with an fp32 result, which CPU builds of torch lack.
+
+    fp16/bf16 products are exact in fp32, so an fp32 GEMM of the upcast inputs is what cuBLAS computes (up
+    to summation order). Calls without ``out_dtype`` go to the real functions.
+    """
+    real_mm, real_addmm = torch.mm, torch.addmm
+
+    def mm(a, b, *, out_dtype=None, out=None):
+        if out_dtype is None:
+            return real_mm(a, b, out=out) if out is not None else real_mm(a, b)
+        assert out_dtype == torch.float32 and out.dtype == torch.float32
+        return real_mm(a.float(), b.float(), out=out)
+
+    def addmm(acc, a, b, *, out_dtype=None, out=None):
+        if out_dtype is None:
+            return real_addmm(acc, a, b, out=out) if out is not None else real_addmm(acc, a, b)
+        assert out_dtype == torch.float32 and out.dtype == torch.float32
+        return out.copy_(real_addmm(acc, a.float(), b.float()))
+
+    monkeypatch.setattr(torch, "mm", mm)
+    monkeypatch.setattr(torch, "addmm", addmm)
+    monkeypatch.setattr(chunked, "fp32_output_gemm_available", lambda device, dtype: True)
+
+
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_cuda_low_precision_gemm_path_on_cpu(backend, dtype):
-    """The CUDA recipe for fp16/bf16 (GEMMs in the input dtype, gradient buffer in it), forced on CPU.
+def test_cuda_low_precision_gemm_path_on_cpu(backend, dtype, monkeypatch):
+    """The CUDA recipe for fp16/bf16 (GEMMs in the input dtype with an fp32 result, gradient buffer in the
+    input dtype), forced on CPU with the fp32-output GEMMs emulated.
 
-    Checks the plumbing (buffers, casts, accumulation), not precision: tolerances are those of the rounded
-    half-precision logits. The kernels hold no tl.dot, so bf16 is safe in the interpreter here.
+    The logits are fp32 (no rounding to 16 bits), so the loss matches the fp32 reference on the same
+    inputs tightly; the gradients pass through the fp16/bf16 dz buffer, hence the looser tolerance there.
+    The kernels hold no tl.dot, so bf16 is safe in the interpreter here.
     """
     from lr_kernels.cross_entropy.kernels import ce_chunk_triton
 
+    _emulate_fp32_output_gemms(monkeypatch)
     hidden, weight, bias, targets = make_inputs(17, 16, 67, DT[dtype], bias=True, ignore=2, scale=2.0)
     step = ce_chunk_torch if backend == "torch" else ce_chunk_triton
     kw = dict(
@@ -342,22 +372,112 @@ def test_cuda_low_precision_gemm_path_on_cpu(backend, dtype):
     h, w, b = (x.float().requires_grad_(True) for x in (hidden, weight, bias))
     ref = naive_linear_cross_entropy(h, w, targets, bias=b, reduction="none", label_smoothing=0.1)
     ref.sum().backward()
+    # The bias is added in fp32 to fp32 logits: only the summation order differs from the reference.
+    torch.testing.assert_close(loss, ref.detach(), rtol=1e-5, atol=1e-5)
     tol = 1e-2 if dtype == "fp16" else 5e-2
-    torch.testing.assert_close(loss, ref.detach(), rtol=tol, atol=tol)
     for got, want in ((gh, h.grad), (gw, w.grad), (gb, b.grad)):
         assert got.dtype == DT[dtype]
         torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol * want.abs().max().item())
 
 
-def test_mm_fp32_fallback_for_low_precision_inputs():
+def test_mm_fp32_keeps_fp32_result_for_low_precision_inputs(monkeypatch):
+    _emulate_fp32_output_gemms(monkeypatch)
     a = torch.randn(5, 8).half()
     b = torch.randn(8, 7).half()
+    exact = a.double() @ b.double()
     out = torch.empty(5, 7)
     chunked._mm_fp32(a, b, out, None)
-    torch.testing.assert_close(out, (a @ b).float())
+    torch.testing.assert_close(out.double(), exact, rtol=1e-6, atol=1e-6)
+    # rounding the result to fp16 (what the old silent fallback did) is ~1e-3 off at these magnitudes
+    assert (out.double() - exact).abs().max() < 0.1 * ((a @ b).double() - exact).abs().max()
     acc = torch.ones(5, 7)
     chunked._mm_accumulate_fp32(acc, a, b)
-    torch.testing.assert_close(acc, 1 + (a @ b).float())
+    torch.testing.assert_close(acc.double(), 1 + exact, rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture
+def fresh_gemm_probe(monkeypatch):
+    """An empty capability cache and warning set for the duration of a test."""
+    monkeypatch.setattr(chunked, "_FP32_OUT_GEMM", {})
+    monkeypatch.setattr(chunked, "_WARNED_UPCAST", set())
+
+
+@pytest.mark.parametrize(
+    "error", [NotImplementedError("no CPU kernel"), TypeError("unexpected keyword 'out_dtype'")],
+    ids=["not-implemented", "old-torch"],
+)  # fmt: skip
+def test_fp32_output_gemm_probe_absent(error, monkeypatch, fresh_gemm_probe):
+    calls = []
+
+    def mm(*args, **kwargs):
+        calls.append(kwargs.get("out_dtype"))
+        raise error
+
+    monkeypatch.setattr(torch, "mm", mm)
+    cpu = torch.device("cpu")
+    assert chunked.fp32_output_gemm_available(cpu, torch.bfloat16) is False
+    assert chunked.fp32_output_gemm_available(cpu, torch.bfloat16) is False
+    assert calls == [torch.float32], "the capability must be probed once, then cached"
+
+
+def test_fp32_output_gemm_probe_present(monkeypatch, fresh_gemm_probe):
+    real_mm, real_addmm = torch.mm, torch.addmm
+    monkeypatch.setattr(torch, "mm", lambda a, b, *, out_dtype, out: real_mm(a.float(), b.float(), out=out))
+    monkeypatch.setattr(
+        torch, "addmm", lambda c, a, b, *, out_dtype, out: out.copy_(real_addmm(c, a.float(), b.float()))
+    )
+    assert chunked.fp32_output_gemm_available(torch.device("cpu"), torch.float16) is True
+
+
+def test_fp32_output_gemm_probe_never_swallows_out_of_memory(monkeypatch, fresh_gemm_probe):
+    def mm(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(torch, "mm", mm)
+    with pytest.raises(torch.OutOfMemoryError):
+        chunked.fp32_output_gemm_available(torch.device("cpu"), torch.bfloat16)
+    assert chunked._FP32_OUT_GEMM == {}, "an OOM must not be cached as 'capability absent'"
+
+
+def test_out_of_memory_in_the_gemm_propagates(monkeypatch):
+    """The old code caught any RuntimeError from the fp32-output GEMM and retried in 16 bits."""
+    _emulate_fp32_output_gemms(monkeypatch)
+
+    def mm(a, b, *, out_dtype=None, out=None):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(torch, "mm", mm)
+    hidden, weight, bias, targets = make_inputs(17, 16, 67, torch.bfloat16, bias=True)
+    with pytest.raises(torch.OutOfMemoryError):
+        chunked.linear_ce_chunked(
+            hidden, weight, bias, targets, step=ce_chunk_torch, ignore_index=-100, label_smoothing=0.0,
+            softcap=None, chunk_size=5, need_grads=(False,) * 3, mm_dtype=torch.bfloat16,
+        )  # fmt: skip
+
+
+def test_gemm_dtype_policy(monkeypatch, fresh_gemm_probe):
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    monkeypatch.setattr(chunked, "fp32_output_gemm_available", lambda device, dtype: True)
+    assert chunked.gemm_dtype(cuda, torch.bfloat16) == torch.bfloat16
+    assert chunked.gemm_dtype(cuda, torch.float16) == torch.float16
+    assert chunked.gemm_dtype(cuda, torch.float32) == torch.float32
+    assert chunked.gemm_dtype(cpu, torch.bfloat16) == torch.float32
+    monkeypatch.setattr(chunked, "fp32_output_gemm_available", lambda device, dtype: False)
+    with pytest.warns(RuntimeWarning, match="fp32"):
+        assert chunked.gemm_dtype(cuda, torch.bfloat16) == torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per (device, dtype), not on every call
+        assert chunked.gemm_dtype(cuda, torch.bfloat16) == torch.float32
+
+
+def test_low_precision_mm_dtype_without_capability_raises(monkeypatch):
+    monkeypatch.setattr(chunked, "fp32_output_gemm_available", lambda device, dtype: False)
+    hidden, weight, bias, targets = make_inputs(5, 8, 11, torch.float16)
+    with pytest.raises(ValueError, match="mm_dtype"):
+        chunked.linear_ce_chunked(
+            hidden, weight, bias, targets, step=ce_chunk_torch, ignore_index=-100, label_smoothing=0.0,
+            softcap=None, chunk_size=None, need_grads=(False,) * 3, mm_dtype=torch.float16,
+        )  # fmt: skip
 
 
 # ---- bad input

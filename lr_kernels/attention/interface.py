@@ -27,8 +27,9 @@ def _check_number(name: str, value: object, *, positive: bool = False) -> float:
 
 
 def _check_attention_args(q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, position_ids, inv_freq,
-                          attention_scaling) -> float:  # fmt: skip
-    """Validate everything; returns the softmax scale to use."""
+                          attention_scaling) -> tuple[float, torch.Tensor, torch.Tensor | None,
+                                                  torch.Tensor | None]:  # fmt: skip
+    """Validate everything; returns the softmax scale and contiguous cu_seqlens, position_ids, inv_freq."""
     check_tensor("q", q, ndim=3, dtypes=FLOAT_DTYPES)
     check_tensor("k", k, ndim=3, dtypes=FLOAT_DTYPES, device=q.device)
     check_tensor("v", v, ndim=3, dtypes=FLOAT_DTYPES, device=q.device)
@@ -47,7 +48,8 @@ def _check_attention_args(q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale
         raise ValueError(
             f"head dim D (q.shape[2]) must be even and in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {D}"
         )
-    check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32,), device=q.device)
+    cu_seqlens = check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32,), device=q.device,
+                              contiguous=True)  # fmt: skip
     if cu_seqlens.numel() < 2:
         raise ValueError(f"cu_seqlens must have B+1 >= 2 entries, got {cu_seqlens.numel()}")
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, numbers.Integral) or max_seqlen < 1:
@@ -60,10 +62,12 @@ def _check_attention_args(q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale
     if (position_ids is None) != (inv_freq is None):
         raise ValueError("position_ids and inv_freq must be given together (RoPE) or both left None")
     if position_ids is not None:
-        check_tensor("position_ids", position_ids, ndim=1, dtypes=(torch.int64,), device=q.device)
+        position_ids = check_tensor("position_ids", position_ids, ndim=1, dtypes=(torch.int64,),
+                                    device=q.device, contiguous=True)  # fmt: skip
         if position_ids.shape[0] != T:
             raise ValueError(f"position_ids must have shape [T={T}], got {tuple(position_ids.shape)}")
-        check_tensor("inv_freq", inv_freq, ndim=1, dtypes=(torch.float32,), device=q.device)
+        inv_freq = check_tensor("inv_freq", inv_freq, ndim=1, dtypes=(torch.float32,), device=q.device,
+                                contiguous=True)  # fmt: skip
         if inv_freq.shape[0] != D // 2:
             raise ValueError(f"inv_freq must have shape [D/2={D // 2}], got {tuple(inv_freq.shape)}")
     elif attention_scaling != 1.0:
@@ -90,7 +94,7 @@ def _check_attention_args(q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale
             raise ValueError(f"position_ids must be >= 0, got min {lo}")
         if hi > MAX_POSITION:
             raise ValueError(f"position_ids must be <= {MAX_POSITION}, got max {hi}")
-    return scale
+    return scale, cu_seqlens, position_ids, inv_freq
 
 
 def varlen_attention(
@@ -112,8 +116,11 @@ def varlen_attention(
     Args:
         q: [T, H, D] queries (fp16, bf16 or fp32), T = total tokens of all sequences.
         k, v: [T, Hkv, D], same dtype and device as q; H must be a multiple of Hkv (GQA/MQA).
-            D must be even and in [16, 256].
+            D must be even and in [16, 256]. q, k and v may be strided views (e.g. slices of one fused
+            qkv tensor, or a head-major [H, T, D] tensor transposed).
         cu_seqlens: int32 [B+1], cumulative sequence lengths: 0, strictly increasing, ends at T.
+            Index tensors (cu_seqlens, position_ids, inv_freq) may be strided views: they are made
+            contiguous once (a copy of B+1, T or D/2 elements), since the kernels index them densely.
         max_seqlen: an int >= the longest sequence (it sizes the kernel grid).
         causal: each token attends to itself and earlier tokens of its own sequence.
         softmax_scale: defaults to 1 / sqrt(D).
@@ -130,8 +137,9 @@ def varlen_attention(
     Raises:
         ValueError: naming the argument, for any bad shape, dtype, device or value.
     """
-    scale = _check_attention_args(q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, position_ids,
-                                  inv_freq, attention_scaling)  # fmt: skip
+    scale, cu_seqlens, position_ids, inv_freq = _check_attention_args(
+        q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, position_ids, inv_freq, attention_scaling
+    )
     impl = varlen_attention_triton if resolve_backend(backend, q) == "triton" else varlen_attention_torch
     kwargs = {"max_seqlen": max_seqlen} if impl is varlen_attention_triton else {}
     return impl(q, k, v, cu_seqlens, causal=causal, softmax_scale=scale, position_ids=position_ids,

@@ -20,6 +20,7 @@ all-zero gradient row whatever ``row_scale`` holds.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -131,20 +132,78 @@ def ce_chunk_torch(
     return loss, z
 
 
+# fp16/bf16 GEMMs with an fp32 result (``torch.mm`` / ``torch.addmm`` with ``out_dtype=torch.float32``):
+# cuBLAS provides them on CUDA; CPU builds have no kernel for them. Probed once per (device, dtype).
+_FP32_OUT_GEMM: dict[tuple[str, torch.dtype], bool] = {}
+_WARNED_UPCAST: set[tuple[str, torch.dtype]] = set()
+# Errors that say nothing about the capability (the device is out of memory or broken): always re-raised.
+_NOT_A_CAPABILITY_ERROR = tuple(
+    e for e in (torch.OutOfMemoryError, getattr(torch, "AcceleratorError", None)) if e is not None
+)
+
+
+def fp32_output_gemm_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``torch.mm`` and ``torch.addmm`` with ``out_dtype=torch.float32`` run for ``dtype`` inputs.
+
+    Probed once per (device, dtype) on 2x2 tensors and cached. "Absent" means the call raised
+    NotImplementedError (no kernel for the backend), TypeError (a torch without ``out_dtype``) or another
+    RuntimeError (dtype combination refused). Out-of-memory and accelerator errors propagate and nothing
+    is cached: they say nothing about the capability.
+    """
+    key = (str(device), dtype)
+    if key not in _FP32_OUT_GEMM:
+        a = torch.ones(2, 2, dtype=dtype, device=device)
+        out = torch.zeros(2, 2, dtype=torch.float32, device=device)
+        try:
+            torch.mm(a, a, out_dtype=torch.float32, out=out)
+            torch.addmm(out, a, a, out_dtype=torch.float32, out=out)
+            available = bool((out == 4.0).all())
+        except _NOT_A_CAPABILITY_ERROR:
+            raise
+        except (NotImplementedError, TypeError, RuntimeError):
+            available = False
+        _FP32_OUT_GEMM[key] = available
+    return _FP32_OUT_GEMM[key]
+
+
+def gemm_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype the chunked GEMMs run in for ``dtype`` inputs on ``device``; the logits are fp32 either way.
+
+    - fp32 inputs, and every dtype on CPU: fp32 (CPU GEMMs in half precision are slow and CPU has no
+      fp32-output kernel); the weight is upcast once per call.
+    - fp16/bf16 on CUDA: the input dtype (tensor cores, fp32 accumulation, fp32 result) when
+      :func:`fp32_output_gemm_available`; otherwise fp32 like the CPU, with a one-time RuntimeWarning
+      naming the cost (an fp32 copy of the weight and fp32 GEMMs). Logits are never rounded to 16 bits.
+    """
+    if dtype == torch.float32 or device.type != "cuda":
+        return torch.float32
+    if fp32_output_gemm_available(device, dtype):
+        return dtype
+    key = (str(device), dtype)
+    if key not in _WARNED_UPCAST:
+        _WARNED_UPCAST.add(key)
+        warnings.warn(
+            f"lr_kernels cross-entropy: this torch has no {dtype} GEMM with an fp32 result on {device} "
+            "(torch.mm(..., out_dtype=torch.float32)); running the GEMMs in fp32 instead (an fp32 copy of "
+            "the weight, slower GEMMs) so the logits stay fp32",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return torch.float32
+
+
 def _mm_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None) -> None:
-    """``out (fp32) = a @ b (+ bias)``; fp16/bf16 inputs keep fp32 accumulation *and* an fp32 result."""
+    """``out (fp32) = a @ b (+ bias)``; fp16/bf16 inputs keep fp32 accumulation *and* an fp32 result.
+
+    Low-precision inputs need :func:`fp32_output_gemm_available` (checked by the callers, once).
+    """
     if a.dtype == torch.float32:
         if bias is None:
             torch.mm(a, b, out=out)
         else:
             torch.addmm(bias, a, b, out=out)
         return
-    try:
-        torch.mm(a, b, out_dtype=torch.float32, out=out)
-    except (RuntimeError, TypeError, NotImplementedError):
-        # Older torch / backends without the fp32-output GEMM: the product is rounded to the input dtype,
-        # the same rounding plain PyTorch's low-precision logits get.
-        out.copy_(torch.mm(a, b))
+    torch.mm(a, b, out_dtype=torch.float32, out=out)
     if bias is not None:
         out.add_(bias)
 
@@ -154,10 +213,15 @@ def _mm_accumulate_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> 
     if a.dtype == torch.float32:
         acc.addmm_(a, b)
         return
-    try:
-        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-    except (RuntimeError, TypeError, NotImplementedError):
-        acc.add_(torch.mm(a, b))
+    torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+
+
+def _check_mm_dtype(device: torch.device, mm_dtype: torch.dtype) -> None:
+    if mm_dtype != torch.float32 and not fp32_output_gemm_available(device, mm_dtype):
+        raise ValueError(
+            f"mm_dtype={mm_dtype} needs a GEMM with an fp32 result (torch.mm(..., out_dtype=torch.float32)), "
+            f"which this torch lacks on {device}; use torch.float32"
+        )
 
 
 def linear_ce_chunked(
@@ -183,8 +247,8 @@ def linear_ce_chunked(
     row_scale: None or fp32 [T] — per-token factor on the logits gradient (``reduction="none"`` backward).
     grad_scale: None or a 0-dim fp32 tensor applied to the finished gradients (``1 / n_valid`` for "mean"),
     in fp32 before the cast to the input dtype.
-    mm_dtype: dtype the GEMMs run in; default fp32 on CPU, the input dtype on CUDA (tests force the CUDA
-    choice on CPU to cover its code path).
+    mm_dtype: dtype the GEMMs run in; default :func:`gemm_dtype` (fp32 on CPU, the input dtype on CUDA when
+    it has fp32-output GEMMs). fp16/bf16 raises ValueError where those GEMMs are absent.
     Returns (loss fp32 [T], grad_hidden [T, d] | None, grad_weight [V, d] | None, grad_bias [V] | None);
     gradients in the inputs' dtype.
     """
@@ -192,10 +256,9 @@ def linear_ce_chunked(
     V = weight.shape[0]
     device = hidden.device
     compute_grad = any(need_grads)
-    # CPU GEMMs in fp16/bf16 are slow and round the logits: upcast once. On CUDA the tensor-core GEMM runs
-    # in the input dtype with fp32 accumulation and an fp32 result (see _mm_fp32).
     if mm_dtype is None:
-        mm_dtype = torch.float32 if device.type != "cuda" else hidden.dtype
+        mm_dtype = gemm_dtype(device, hidden.dtype)
+    _check_mm_dtype(device, mm_dtype)
     w_mm = weight.to(mm_dtype)
     b32 = bias.to(torch.float32) if bias is not None else None
     low_precision_dz = compute_grad and mm_dtype != torch.float32
@@ -294,7 +357,7 @@ def entropy_chunked(
     T = hidden.shape[0]
     V = weight.shape[0]
     device = hidden.device
-    mm_dtype = torch.float32 if device.type != "cuda" else hidden.dtype
+    mm_dtype = gemm_dtype(device, hidden.dtype)
     w_t = weight.to(mm_dtype).t()
     b32 = bias.to(torch.float32) if bias is not None else None
     # the torch step holds the probabilities beside the logits

@@ -193,7 +193,8 @@ def fused_linear_cross_entropy(
     Args:
         hidden: [T, d] fp32/fp16/bf16 — the final hidden states of all T tokens (packed, no padding).
         weight: [V, d], same dtype and device — the LM head.
-        targets: [T] integer ids in [0, V), or ``ignore_index``.
+        targets: [T] integer ids in [0, V), or ``ignore_index``; a strided view is fine (copied once to
+            contiguous int64, T integers).
         bias: optional [V], same dtype.
         ignore_index: targets with this value contribute no loss and no gradient.
         reduction: "mean" (sum over non-ignored tokens / their count, as F.cross_entropy), "sum" or "none".
@@ -208,7 +209,8 @@ def fused_linear_cross_entropy(
         gradients are then 0.
 
     Gradients flow to hidden, weight and bias (in their dtype). Logits, softmax and gradients are computed
-    in fp32; at most one chunk of logits ([chunk_size, V] fp32) exists at a time.
+    in fp32 (see ``chunked.gemm_dtype`` for the GEMM dtype); at most one chunk of logits
+    ([chunk_size, V] fp32) exists at a time.
 
     Raises:
         ValueError: naming the argument, for wrong rank / shape / dtype / device, targets out of range,

@@ -3,6 +3,8 @@
 Every argument is validated (ValueError naming it) before any kernel runs: types, ranks, dtypes, devices and
 scalars here; value checks over the data (lengths >= 1, ids inside the vocabulary, offsets that run from 0
 to the end) in the C++ binding, as single host loops that also raise ValueError.
+Tensor arguments may be strided views: the binding copies them to contiguous before any loop or kernel
+reads them, and the CUDA kernels run on the inputs' device (device guard) and its current stream.
 Randomness comes from a counter-based generator (Philox4x32-10) keyed by ``seed`` and the document index:
 results are identical on CPU and CUDA, for any thread count, and repeat exactly for a seed. The plain-Python
 reference with the same numbers is ``lr_kernels.positions.naive``.

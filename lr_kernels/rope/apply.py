@@ -37,7 +37,8 @@ def _check_inputs(
     inv_freq: torch.Tensor,
     attention_scaling: float,
     backend: str,
-) -> str:
+) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """Validate; returns the backend to run and contiguous position_ids and inv_freq."""
     check_tensor("x", x, ndim=3)
     resolved = resolve_backend(backend, x)
     dtypes = FLOAT_DTYPES if resolved == "triton" else (*FLOAT_DTYPES, torch.float64)
@@ -47,12 +48,16 @@ def _check_inputs(
         raise ValueError(
             f"x: head dim (last dim) must be even and in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {D}"
         )
-    check_tensor("position_ids", position_ids, ndim=1, dtypes=(torch.int64,), device=x.device)
+    position_ids = check_tensor(
+        "position_ids", position_ids, ndim=1, dtypes=(torch.int64,), device=x.device, contiguous=True
+    )
     if position_ids.shape[0] != T:
         raise ValueError(
             f"position_ids must have shape [T] = [{T}] like x [T, H, D], got {tuple(position_ids.shape)}"
         )
-    check_tensor("inv_freq", inv_freq, ndim=1, dtypes=(torch.float32,), device=x.device)
+    inv_freq = check_tensor(
+        "inv_freq", inv_freq, ndim=1, dtypes=(torch.float32,), device=x.device, contiguous=True
+    )
     if inv_freq.shape[0] != D // 2:
         raise ValueError(
             f"inv_freq must have D/2 = {D // 2} entries for head dim {D}, got {inv_freq.shape[0]} "
@@ -71,7 +76,7 @@ def _check_inputs(
             raise ValueError(f"position_ids must be non-negative, got a minimum of {lo}")
         if hi > MAX_POSITION:
             raise ValueError(f"position_ids must be at most 2**28 - 1 = {MAX_POSITION}, got {hi}")
-    return resolved
+    return resolved, position_ids, inv_freq
 
 
 def apply_rope(
@@ -91,7 +96,10 @@ def apply_rope(
 
     Args:
         x: ``[T, H, D]`` float16 / bfloat16 / float32 (float64 too on the torch backend); D even, 16..256.
-        position_ids: int64 ``[T]``, any values in [0, 2**28 - 1] (not necessarily contiguous or sorted).
+            Any strides (a view with a non-unit last-dim stride is copied once on the Triton path).
+        position_ids: int64 ``[T]``, any values in [0, 2**28 - 1] (not necessarily consecutive or sorted).
+            position_ids and inv_freq may be strided views; they are made contiguous (a copy of T and
+            D/2 elements) because the kernel indexes them densely.
         inv_freq: float32 ``[D/2]`` on x's device, e.g. ``rope_frequencies(config).inv_freq``.
         attention_scaling: multiplies cos and sin (``RopeFrequencies.attention_scaling``).
         backend: "auto" (Triton on CUDA, torch on CPU), "triton" or "torch".
@@ -104,7 +112,7 @@ def apply_rope(
         ValueError: wrong rank/shape/dtype/device, odd or unsupported head dim, inv_freq length != D/2,
             inv_freq requiring grad, negative positions or positions past 2**28 - 1, unknown backend.
     """
-    resolved = _check_inputs(x, position_ids, inv_freq, attention_scaling, backend)
+    resolved, position_ids, inv_freq = _check_inputs(x, position_ids, inv_freq, attention_scaling, backend)
     if resolved == "torch":
         return _apply_rope_torch(x, position_ids, inv_freq, float(attention_scaling))
-    return rope_fwd_op(x, position_ids.contiguous(), inv_freq.contiguous(), float(attention_scaling))
+    return rope_fwd_op(x, position_ids, inv_freq, float(attention_scaling))
