@@ -19,6 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lr_train.checkpoint import atomic_dir, prune, step_dirs
+from lr_train.offload import enable_checkpointing
+from lr_train.optim import build_optimizer
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -43,6 +45,8 @@ class StageConfig:
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
     gradient_checkpointing: bool = False
     log_every: int = 1
+    precision: str = "mixed"  # "mixed": AdamW on fp32 (master) weights | "pure-bf16": Kahan-compensated bf16
+    memory_plan: str = "none"  # "none" or a strategy of lr_train.memory.STRATEGIES (resolved, not "auto")
 
     def validate(self) -> None:
         if self.max_steps < 1:
@@ -57,6 +61,13 @@ class StageConfig:
             raise ValueError("grad_accum, save_every and keep_checkpoints must be >= 1")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        from lr_train.memory import STRATEGIES
+        from lr_train.optim import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.memory_plan not in ("none", *STRATEGIES):
+            raise ValueError(f"memory_plan must be none or one of {STRATEGIES}, got {self.memory_plan!r}")
 
 
 def lr_factor(step: int, cfg: StageConfig) -> float:
@@ -94,16 +105,16 @@ def train_stage(
     cfg.validate()
     set_seed(cfg.seed)
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    master_device, grad_hooks, engine = _apply_memory_plan(model, cfg, acc)
     model.train()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+    optimizer, master, master_names = build_optimizer(
+        model,
         lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        precision=cfg.precision,
+        master_device=master_device,
+        grad_hooks=grad_hooks,
+        engine=engine,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
@@ -144,7 +155,10 @@ def train_stage(
                 out = model(**batch)
                 acc.backward(out.loss)
                 if acc.sync_gradients and cfg.max_grad_norm > 0:
-                    acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    if master is not None:
+                        master.collect_grads()  # the fp32 gradients are the ones the step uses
+                    clip = master.masters if master is not None else model.parameters()
+                    acc.clip_grad_norm_(clip, cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -170,13 +184,62 @@ def train_stage(
     summary = {"config": asdict(cfg), "final": last}
     if acc.is_main_process:
         with atomic_dir(os.path.join(cfg.output, "model"), overwrite=True) as tmp:
-            acc.unwrap_model(model).save_pretrained(tmp, state_dict=acc.get_state_dict(model))
+            state = acc.get_state_dict(model)
+            if master is not None:
+                state.update(master.named_state(master_names))  # save what the optimizer updated: fp32
+            acc.unwrap_model(model).save_pretrained(tmp, state_dict=state)
+            if master is not None:
+                _mark_fp32(tmp)
             with open(os.path.join(tmp, "lr_train_summary.json"), "w") as f:
                 json.dump(summary, f, indent=2)
             if save_extra is not None:
                 save_extra(tmp)
     acc.wait_for_everyone()
     return summary
+
+
+def _apply_memory_plan(model, cfg: StageConfig, acc) -> tuple[torch.device | None, bool, bool]:
+    """Checkpointing (with offload) as the plan says; returns (where fp32 master weights live, whether
+    gradients move into them from backward hooks, whether DeepSpeed/FSDP owns precision and offload)."""
+    from accelerate.utils import DistributedType
+
+    plan = cfg.memory_plan
+    level = ("none", "plain", "checkpoint", "offload-activations", "offload-optimizer", "offload-params")
+    k = level.index(plan)
+    engine = acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    if plan == "offload-params" and not _deepspeed_offloads_params(acc):
+        raise ValueError(
+            "--memory-plan offload-params streams the weights from the CPU with DeepSpeed ZeRO-3: run under "
+            "accelerate launch --config_file configs/accelerate/deepspeed_zero3_offload.yaml"
+        )
+    if cfg.gradient_checkpointing or k >= level.index("checkpoint"):
+        enable_checkpointing(model, offload=k >= level.index("offload-activations"))
+    if engine:
+        # DeepSpeed / FSDP keep their own fp32 master weights and offload: the optimizer is plain AdamW.
+        if cfg.precision != "mixed":
+            raise ValueError("--precision pure-bf16 is for single-process and DDP runs, not DeepSpeed/FSDP")
+        return None, False, True
+    master_device = torch.device("cpu") if k >= level.index("offload-optimizer") else acc.device
+    # DDP reduces .grad after backward; moving gradients away inside backward would hide them from it.
+    return master_device, acc.num_processes == 1, False
+
+
+def _deepspeed_offloads_params(acc) -> bool:
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return False
+    zero = plugin.deepspeed_config.get("zero_optimization", {})
+    return zero.get("stage") == 3 and zero.get("offload_param", {}).get("device") == "cpu"
+
+
+def _mark_fp32(folder: str) -> None:
+    # save_pretrained records the compute dtype; the weights written are the fp32 masters.
+    path = os.path.join(folder, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["dtype"] = "float32"
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
 
 
 def packed_batches(dataset, tokens_per_batch: int, seed: int = 0):
