@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("prepare", "analyze", "train", "merge", "eval", "demo")
+COMMANDS = ("prepare", "analyze", "plan", "train", "merge", "eval", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

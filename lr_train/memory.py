@@ -159,12 +159,15 @@ def load_config(model: str):
 def model_shape(config, name: str = "") -> ModelShape:
     """Count parameters on the meta device (no memory, no weights) and read the layer geometry."""
     import torch
+    from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
     from lr_train.models import model_head_dim
 
     try:
-        with torch.device("meta"):
+        # init_empty_weights as well: it moves parameters to meta as modules register them, even when
+        # torch.empty has been wrapped (the meta device context only sees torch's own constructors)
+        with torch.device("meta"), init_empty_weights():
             model = AutoModelForCausalLM.from_config(config)
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(
@@ -286,6 +289,7 @@ class StrategyEstimate:
     cpu_phase: str
     gpu: dict[str, int]
     cpu: dict[str, int]
+    workspaces: dict[str, int] = field(default_factory=dict)
     fits: bool | None = None
 
 
@@ -317,8 +321,8 @@ def _ce_chunk_rows(T: int, V: int, settings: Settings, extra_row_bytes: int) -> 
 def _layer_terms(m: ModelShape, T: int, b: int, attention: str) -> dict[str, int]:
     """Bytes one decoder layer saves for its backward pass, by part (see the module docstring).
 
-    ``attention="torch"`` (the CPU path of ``lk.varlen_attention``) also keeps a contiguous copy of the
-    output for the o-projection and the fp32 cos/sin it rotated with.
+    ``attention="torch"`` (the CPU path of ``lk.varlen_attention``) saves the rotated q and k instead of the
+    projections (same size) and also the fp32 cos/sin it rotated with.
     """
     d, H, Hkv, D, inter = m.hidden, m.heads, m.kv_heads, m.head_dim, m.intermediate
     # RMSNorm saves its fp32 input (the input itself when it is fp32) and the normalised tensor in the
@@ -326,7 +330,7 @@ def _layer_terms(m: ModelShape, T: int, b: int, attention: str) -> dict[str, int
     norm = (4 + b) * T * d + 4 * T
     attn = b * T * (H + 2 * Hkv) * D + b * T * H * D + 4 * H * T  # q, k, v, o + fp32 lse [H, T]
     if attention == "torch":
-        attn += b * T * H * D + 4 * T * D
+        attn += 4 * T * D
     if m.qk_norm:
         attn += (4 + b) * T * (H + Hkv) * D + 4 * T * (H + Hkv)
     return {
@@ -473,6 +477,7 @@ def estimate(m: ModelShape, settings: Settings, strategy: str) -> StrategyEstima
         cpu_phase=c.name,
         gpu=g.gpu,
         cpu=c.cpu,
+        workspaces={k: max(p.gpu.get(k, 0) for p in phases) for k in ("attention_ws", "loss_ws")},
     )
 
 
@@ -572,61 +577,67 @@ def _suggestions(
 # Output
 
 
-_ROW_NAMES = {
-    "weights": "weights",
-    "grads": "gradients",
-    "optimizer": "optimizer state",
-    "master": "master weights (fp32)",
-    "checkpoints": "checkpointed layer inputs",
-    "activations": "activations (saved + recompute)",
-    "attention_ws": "attention workspace",
-    "loss_ws": "loss workspace",
-}
+_COLUMNS = (
+    ("weights", "weights"),
+    ("grads", "grads"),
+    ("optimizer", "optim"),
+    ("master", "master"),
+    ("checkpoints", "ckpts"),
+    ("activations", "activ"),
+    ("attention_ws", "attn-ws"),
+    ("loss_ws", "loss-ws"),
+)
 
 
 def format_plan(p: Plan) -> str:
-    """The human-readable table of ``python -m lr_train plan``."""
-    s = p.settings
-    m = p.model
-    lines = [
+    """The human-readable tables of ``python -m lr_train plan`` (GiB; components at each side's peak)."""
+    s, m = p.settings, p.model
+    out = [
         f"model {m.name}: {m.params / 1e9:.2f}B parameters, {m.layers} layers, hidden {m.hidden}, "
-        f"heads {m.heads}/{m.kv_heads} (q/kv), vocab {m.vocab}",
-        f"train length {s.train_length} tokens per micro-batch; weights {s.dtype}, precision {s.precision}"
-        + (" (fp32 master weights)" if s.precision == "mixed" else " (Kahan-compensated AdamW)"),
-        f"GPU {format_bytes(p.gpu_memory)} (plan may use {format_bytes(usable_gpu_bytes(p.gpu_memory))}); "
+        f"heads {m.heads}/{m.kv_heads} (q/kv), intermediate {m.intermediate}, vocab {m.vocab}",
+        f"{s.train_length} tokens per micro-batch; {s.dtype} weights, "
+        + (
+            "AdamW on fp32 master weights" if s.precision == "mixed" else "pure bf16, Kahan-compensated AdamW"
+        ),
+        f"GPU {format_bytes(p.gpu_memory)} (a plan may use {format_bytes(usable_gpu_bytes(p.gpu_memory))}), "
         + (f"CPU {format_bytes(p.cpu_memory)}" if p.cpu_memory else "CPU not limited (--cpu-memory)"),
-        "",
     ]
-    names = [e.strategy for e in p.estimates]
-    width = max(len(v) for v in _ROW_NAMES.values()) + 2
-    col = max(22, *(len(n) + 2 for n in names))
-    header = "".ljust(width) + "".join(n.rjust(col) for n in names)
-    lines.append(header)
-    lines.append("".ljust(width) + "".join("GPU / CPU".rjust(col) for _ in names))
-    for key, label in _ROW_NAMES.items():
-        cells = []
+    width = max(len(e.strategy) for e in p.estimates) + 2
+    for side, title in (("gpu", "GPU"), ("cpu", "CPU")):
+        out.append("")
+        out.append(
+            f"{title} GiB".ljust(width)
+            + "".join(label.rjust(8) for _, label in _COLUMNS)
+            + "peak".rjust(8)
+            + "  at"
+        )
         for e in p.estimates:
-            g, c = e.gpu.get(key, 0), e.cpu.get(key, 0)
-            cells.append(f"{_gib(g)} / {_gib(c)}".rjust(col))
-        lines.append(label.ljust(width) + "".join(cells))
-    lines.append(
-        "peak".ljust(width)
-        + "".join(f"{_gib(e.gpu_peak)} / {_gib(e.cpu_peak)}".rjust(col) for e in p.estimates)
+            parts = getattr(e, side)
+            peak = e.gpu_peak if side == "gpu" else e.cpu_peak
+            phase = e.gpu_phase if side == "gpu" else e.cpu_phase
+            out.append(
+                e.strategy.ljust(width)
+                + "".join(_gib(parts.get(key, 0)).rjust(8) for key, _ in _COLUMNS)
+                + _gib(peak).rjust(8)
+                + f"  {phase if peak else '-'}"
+            )
+    ws = p.estimates[0].workspaces
+    out.append("")
+    out.append(
+        f"workspaces, in their own phase: attention backward {format_bytes(ws['attention_ws'])} "
+        f"(dq, dk, dv, do, delta); fused loss forward {format_bytes(ws['loss_ws'])} (one fp32 logits "
+        "chunk, the LM-head and hidden-state gradients; never [T, V] logits)"
     )
-    lines.append("fits".ljust(width) + "".join(("yes" if e.fits else "no").rjust(col) for e in p.estimates))
-    lines.append("")
-    lines.append("GiB; GPU components at the GPU's peak (the phase named below), CPU at the CPU's peak.")
-    lines.append("GPU peak phase: " + "; ".join(f"{e.strategy}: {e.gpu_phase}" for e in p.estimates))
-    lines.append("")
+    out.append("fits: " + ", ".join(f"{e.strategy} {'yes' if e.fits else 'no'}" for e in p.estimates))
     if p.chosen:
-        lines.append(f"choice: {p.chosen}  (train --memory-plan {p.chosen})")
+        out.append(f"choice: {p.chosen}  (train --memory-plan {p.chosen}, or --memory-plan auto)")
     else:
-        lines.append("nothing fits. What would:")
-        lines.extend(f"  - {t}" for t in p.suggestions)
-    return "\n".join(lines)
+        out.append("nothing fits. What would:")
+        out.extend(f"  - {t}" for t in p.suggestions)
+    return "\n".join(out)
 
 
-def _gib(n: int) -> str:
+def _gib(n: float) -> str:
     return f"{n / 2**30:.1f}"
 
 
