@@ -203,3 +203,83 @@ def test_more_offload_never_needs_more_gpu_memory():
     for length in (1024, 24576, 38400):
         peaks = [memory.estimate(shape, memory.Settings(length), s).gpu_peak for s in memory.STRATEGIES]
         assert peaks == sorted(peaks, reverse=True), (length, peaks)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from lr_train.data import PreparedDatasetWriter
+    from lr_train.toy import toy_corpus, toy_tokenizer
+
+    folder = tmp_path_factory.mktemp("data")
+    tok = toy_tokenizer()
+    writer = PreparedDatasetWriter(str(folder))
+    for text in toy_corpus(6, seed=5):
+        ids = tok(text)["input_ids"][:96]
+        writer.write(ids, list(range(len(ids))))
+    writer.close({"settings": {"method": "full", "train_length": 96, "target_length": 96}})
+    return folder
+
+
+def _train_cmd(capsys, prepared, output, *extra):
+    from lr_train.cli import main
+
+    argv = [
+        "train",
+        "--stage",
+        "anneal",
+        "--model",
+        "tiny-llama",
+        "--tokenizer",
+        "toy",
+        "--data",
+        str(prepared),
+    ]
+    argv += [
+        "--output",
+        str(output),
+        "--max-steps",
+        "2",
+        "--tokens-per-batch",
+        "192",
+        "--quiet",
+        "--backend",
+        "torch",
+    ]
+    try:
+        rc = main([*argv, *extra])
+    except SystemExit as exc:
+        rc = exc.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_train_memory_plan_auto_trains_with_fp32_masters(tmp_path, capsys, prepared):
+    from safetensors.torch import load_file
+
+    rc, _, err = _train_cmd(capsys, prepared, tmp_path / "run", "--memory-plan", "auto", "--dtype", "bf16")
+    assert rc in (0, None), err
+    assert "memory plan: plain" in err  # a tiny model fits this machine's RAM as is
+    weights = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
+@pytest.mark.parametrize(
+    "extra, flag",
+    [
+        pytest.param(
+            ["--memory-plan", "offload-params"], "--memory-plan", id="offload-params-without-deepspeed"
+        ),
+        pytest.param(["--memory-plan", "offload-everything"], "--memory-plan", id="unknown-strategy"),
+        pytest.param(
+            ["--memory-plan", "offload-optimizer", "--precision", "pure-bf16", "--dtype", "bf16"],
+            "--memory-plan",
+            id="pure-bf16-with-optimizer-offload",
+        ),
+        pytest.param(["--precision", "pure-bf16"], "--precision", id="pure-bf16-fp32-weights"),
+    ],
+)
+def test_train_memory_plan_bad_input(tmp_path, capsys, prepared, extra, flag):
+    rc, _, err = _train_cmd(capsys, prepared, tmp_path / "run", *extra)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and flag in lines[0], err
+    assert not (tmp_path / "run").exists()
