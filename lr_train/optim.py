@@ -46,8 +46,8 @@ class MasterWeights:
             after backward).
 
     After ``optimizer.step()`` (a step hook installed by :meth:`attach`) the model's weights are set to
-    the masters rounded to their own dtype. ``optimizer.state_dict()`` carries the masters, so a resumed
-    run continues from the exact fp32 values.
+    the masters rounded to their own dtype. :meth:`state_dict` / :meth:`load_state_dict` carry the masters
+    through checkpoints, so a resumed run continues from the exact fp32 values.
     """
 
     def __init__(
@@ -89,30 +89,25 @@ class MasterWeights:
             p.copy_(src, non_blocking=src.device.type == "cpu" and src.is_pinned())
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Refresh the model after each step; put the masters into the optimizer's state dict and back."""
+        """Collect stray gradients before each step of ``optimizer`` and refresh the model after it."""
         optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.collect_grads())
         optimizer.register_step_post_hook(lambda opt, args, kwargs: self.copy_to_model())
 
-        def save(opt, state_dict):
-            state_dict["master_weights"] = self.masters
-            return state_dict
+    def state_dict(self) -> dict[str, list[torch.Tensor]]:
+        """The fp32 masters, for checkpoints (``accelerator.register_for_checkpointing(master)``)."""
+        return {"master_weights": self.masters}
 
-        def load(opt, state_dict):
-            masters = state_dict.get("master_weights")
-            if masters is not None:
-                if len(masters) != len(self.masters):
-                    raise ValueError(
-                        f"checkpoint holds {len(masters)} master weights, the model has {len(self.masters)}"
-                    )
-                with torch.no_grad():
-                    for m, saved in zip(self.masters, masters, strict=True):
-                        m.copy_(saved)
-                self.copy_to_model()
-                state_dict = {k: v for k, v in state_dict.items() if k != "master_weights"}
-            return state_dict
-
-        optimizer.register_state_dict_post_hook(save)
-        optimizer.register_load_state_dict_pre_hook(load)
+    def load_state_dict(self, state: dict[str, list[torch.Tensor]]) -> None:
+        """Restore the masters of a checkpoint and refresh the model's weights from them."""
+        masters = state["master_weights"]
+        if len(masters) != len(self.masters):
+            raise ValueError(
+                f"checkpoint holds {len(masters)} master weights, the model has {len(self.masters)}"
+            )
+        with torch.no_grad():
+            for m, saved in zip(self.masters, masters, strict=True):
+                m.copy_(saved)
+        self.copy_to_model()
 
     def named_state(self, names: list[str]) -> dict[str, torch.Tensor]:
         """{name: fp32 master} for saving the trained model at full precision."""

@@ -118,6 +118,8 @@ def train_stage(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    if master is not None:
+        acc.register_for_checkpointing(master)  # the fp32 masters travel with every checkpoint
 
     ckpt_root = os.path.join(cfg.output, "checkpoints")
     start_step = 0

@@ -39,13 +39,14 @@ def _model(dtype=torch.bfloat16, seed=0):
 
 
 def _batches(start, rank=0, world=1):
-    # every token id in every batch, so every embedding row gets a gradient
-    g = torch.Generator().manual_seed(1000 + start)
+    # every token id in every batch, so every embedding row gets a gradient; micro-batch i is a pure
+    # function of i, as train_stage's resume needs
+    i = start
     while True:
-        ids = torch.cat([torch.randperm(VOCAB, generator=g), torch.randint(0, VOCAB, (32,), generator=g)])[
-            None
-        ]
-        yield {"input_ids": ids, "labels": ids.clone()}
+        g = torch.Generator().manual_seed(1000 + i)
+        ids = torch.cat([torch.randperm(VOCAB, generator=g), torch.randint(0, VOCAB, (32,), generator=g)])
+        yield {"input_ids": ids[None], "labels": ids[None].clone()}
+        i += 1
 
 
 def _initial(model):
@@ -58,7 +59,9 @@ def _changed_share(before, after) -> float:
 
 
 def _train(tmp_path, model, steps=STEPS, **kw):
-    cfg = StageConfig(output=str(tmp_path), max_steps=steps, lr=LR, save_every=steps, **kw)
+    kw.setdefault("lr", LR)
+    kw.setdefault("save_every", steps)
+    cfg = StageConfig(output=str(tmp_path), max_steps=steps, **kw)
     train_stage(model, _batches, cfg, progress=False)
     return load_file(os.path.join(tmp_path, "model", "model.safetensors"))
 
@@ -143,3 +146,12 @@ def test_optimizer_offload_equals_adamw_on_the_weights(tmp_path):
     )
     for name, t in runs["checkpoint"].items():
         torch.testing.assert_close(runs["offload-optimizer"][name], t, rtol=0, atol=0, msg=name)
+
+
+def test_resume_with_master_weights_equals_uninterrupted(tmp_path):
+    kw = dict(grad_accum=2, lr=1e-3, save_every=2)
+    full = _train(tmp_path / "full", _model(), steps=4, **kw)
+    _train(tmp_path / "cut", _model(), steps=2, **kw)
+    resumed = _train(tmp_path / "cut", _model(), steps=4, **kw)
+    for name, t in full.items():
+        torch.testing.assert_close(resumed[name], t, rtol=0, atol=0, msg=name)
