@@ -44,6 +44,8 @@ class MasterWeights:
         grad_hooks: move each gradient into its fp32 buffer as soon as backward makes it (True), or at
             :meth:`collect_grads` time (False: needed when another engine, e.g. DDP, reads ``.grad``
             after backward).
+        cast: the caller replaces the weights' storage (a cast) right after: fp32 weights on ``device``
+            can then become the masters without a copy.
 
     After ``optimizer.step()`` (a step hook installed by :meth:`attach`) the model's weights are set to
     the masters rounded to their own dtype. :meth:`state_dict` / :meth:`load_state_dict` carry the masters
@@ -51,13 +53,22 @@ class MasterWeights:
     """
 
     def __init__(
-        self, params: Iterable[nn.Parameter], device: torch.device | str, *, grad_hooks: bool = True
+        self,
+        params: Iterable[nn.Parameter],
+        device: torch.device | str,
+        *,
+        grad_hooks: bool = True,
+        cast: bool = False,
     ):
         self.params = list(params)
         self.device = torch.device(device)
         self.grad_hooks = grad_hooks
+        # No copy when a weight is already fp32 on the masters' device and is about to be cast (its
+        # old storage becomes the master); otherwise a copy.
+        self.masters = [p.detach().to(device=self.device, dtype=torch.float32) for p in self.params]
         self.masters = [
-            p.detach().to(device=self.device, dtype=torch.float32, copy=True) for p in self.params
+            m.clone() if m.data_ptr() == p.data_ptr() and not cast else m
+            for m, p in zip(self.masters, self.params, strict=True)
         ]
         self._handles = []
         if grad_hooks:
@@ -122,6 +133,14 @@ def _accumulate(master: torch.Tensor, grad: torch.Tensor) -> None:
         master.grad.add_(g)
 
 
+def _cast(params: list[nn.Parameter], dtype: torch.dtype) -> None:
+    # Only the trainable weights: buffers such as the rotary inv_freq stay fp32.
+    with torch.no_grad():
+        for p in params:
+            if p.dtype != dtype:
+                p.data = p.data.to(dtype)
+
+
 def _groups(groups, decays: list[float], tensors: list[torch.Tensor]) -> list[dict]:
     """Optimizer param groups over ``tensors`` (the parameters or their masters, in ``groups``' order)."""
     out, start = [], 0
@@ -149,6 +168,7 @@ def build_optimizer(
     master_device: torch.device | str | None = None,
     grad_hooks: bool = True,
     engine: bool = False,
+    compute_dtype: torch.dtype | None = None,
 ) -> tuple[torch.optim.Optimizer, MasterWeights | None, list[str]]:
     """The optimizer for ``model``'s trainable parameters.
 
@@ -161,6 +181,8 @@ def build_optimizer(
         grad_hooks: see :class:`MasterWeights`.
         engine: DeepSpeed / FSDP own the master weights and the offload: plain ``torch.optim.AdamW`` over
             the model's parameters, which the engine wraps or replaces.
+        compute_dtype: cast the trainable weights to this dtype after the masters are taken from them, so
+            masters of a model loaded in fp32 keep every bit (None: keep the weights' dtype).
 
     Returns:
         (optimizer, MasterWeights or None, names of the parameters it updates, in the masters' order).
@@ -177,6 +199,8 @@ def build_optimizer(
         raise ValueError("the model has no trainable parameters")
     decays = [weight_decay if kind == "decay" else 0.0 for kind, _ in groups]
     if precision == "pure-bf16":
+        if compute_dtype is not None:
+            _cast(params, compute_dtype)
         bad = sorted({str(p.dtype) for p in params if p.dtype != torch.bfloat16})
         if bad:
             raise ValueError(
@@ -199,6 +223,8 @@ def build_optimizer(
             triton=params[0].is_cuda,
         )
         return opt, None, names
+    if compute_dtype is not None and (engine or precision == "pure-bf16"):
+        _cast(params, compute_dtype)
     if engine:
         return (
             torch.optim.AdamW(_groups(groups, decays, [p for _, named in groups for _, p in named]), lr=lr),
@@ -206,10 +232,14 @@ def build_optimizer(
             names,
         )
     device = torch.device(master_device) if master_device is not None else params[0].device
-    if all(p.dtype == torch.float32 and p.device == device for p in params):
+    target = compute_dtype or params[0].dtype
+    if target == torch.float32 and all(p.dtype == torch.float32 and p.device == device for p in params):
         opt = _adamw(_groups(groups, decays, params), lr=lr)
         return opt, None, names
-    master = MasterWeights(params, device, grad_hooks=grad_hooks)
+    cast = compute_dtype is not None and any(p.dtype != compute_dtype for p in params)
+    master = MasterWeights(params, device, grad_hooks=grad_hooks, cast=cast)
+    if compute_dtype is not None:
+        _cast(params, compute_dtype)
     opt = _adamw(_groups(groups, decays, master.masters), lr=lr)
     master.attach(opt)
     return opt, master, names

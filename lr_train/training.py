@@ -23,6 +23,7 @@ from lr_train.offload import enable_checkpointing
 from lr_train.optim import build_optimizer
 
 SCHEDULES = ("constant", "linear", "cosine")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -47,6 +48,7 @@ class StageConfig:
     log_every: int = 1
     precision: str = "mixed"  # "mixed": AdamW on fp32 (master) weights | "pure-bf16": Kahan-compensated bf16
     memory_plan: str = "none"  # "none" or a strategy of lr_train.memory.STRATEGIES (resolved, not "auto")
+    compute_dtype: str | None = None  # cast the weights to this ("bf16", "fp16") after taking fp32 masters
 
     def validate(self) -> None:
         if self.max_steps < 1:
@@ -66,6 +68,10 @@ class StageConfig:
 
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.compute_dtype not in (None, *_DTYPES):
+            raise ValueError(
+                f"compute_dtype must be None or one of {sorted(_DTYPES)}, got {self.compute_dtype!r}"
+            )
         if self.memory_plan not in ("none", *STRATEGIES):
             raise ValueError(f"memory_plan must be none or one of {STRATEGIES}, got {self.memory_plan!r}")
 
@@ -115,6 +121,7 @@ def train_stage(
         master_device=master_device,
         grad_hooks=grad_hooks,
         engine=engine,
+        compute_dtype=_DTYPES[cfg.compute_dtype] if cfg.compute_dtype else None,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)

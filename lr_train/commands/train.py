@@ -157,7 +157,9 @@ def train(args) -> dict:
         tokenizer=tokenizer,
         target_length=target,
         rope_theta=args.rope_theta,
-        dtype=args.dtype,
+        # fp32 masters come from the weights as stored (a previous stage saves fp32); the optimizer
+        # casts the model to --dtype after taking them
+        dtype="fp32" if args.precision == "mixed" else args.dtype,
         seed=args.seed,
     )
     limit = model.config.max_position_embeddings
@@ -187,6 +189,7 @@ def train(args) -> dict:
         gradient_checkpointing=args.gradient_checkpointing,
         precision=args.precision,
         memory_plan=memory_plan,
+        compute_dtype=args.dtype,
     )
     return train_stage(
         model,
