@@ -653,13 +653,24 @@ def cpu_peak_bytes(fn: Callable[[], Any], *, setup: Callable[[], Any] | None = N
     session, so what it leaves alive is the baseline the peak of ``fn`` is counted on; the process's own
     start-up (imports, libraries) is not counted. Returns (peak bytes during ``fn``, ``fn()``).
     """
+    import gc
+
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        if setup is not None:
-            setup()
-        with record_function("lr_train.measured"):
-            result = fn()
+    # Tensors made before the session and freed inside it would count as negative bytes: collect the
+    # garbage of earlier work first, and keep the cyclic collector from freeing it mid-measurement.
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            if setup is not None:
+                setup()
+            with record_function("lr_train.measured"):
+                result = fn()
+    finally:
+        if enabled:
+            gc.enable()
     events = prof.profiler.kineto_results.events()
     window = [e for e in events if e.name() == "lr_train.measured"]
     if not window:
