@@ -90,6 +90,7 @@ setup(
             "safetensors>=0.4",
             "tokenizers>=0.20",
             "datasets>=2.14",
+            "torch-optimi>=0.3,<0.4",
         ],
         "dev": [
             "transformers>=5.0,<6",
@@ -97,6 +98,7 @@ setup(
             "safetensors>=0.4",
             "tokenizers>=0.20",
             "datasets>=2.14",
+            "torch-optimi>=0.3,<0.4",
             "pytest>=8",
             "pytest-benchmark>=4",
             "ruff>=0.6",

@@ -19,10 +19,13 @@ import torch
 from tqdm.auto import tqdm
 
 from lr_train.checkpoint import atomic_dir, prune, step_dirs
+from lr_train.offload import enable_checkpointing
+from lr_train.optim import build_optimizer
 
 SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "sgd")
 IGNORE_INDEX = -100
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -46,6 +49,9 @@ class StageConfig:
     optimizer: str = "adamw"  # "adamw" | "sgd" (plain, no momentum: the update is -lr * gradient)
     gradient_checkpointing: bool = False
     log_every: int = 1
+    precision: str = "mixed"  # "mixed": AdamW on fp32 (master) weights | "pure-bf16": Kahan-compensated bf16
+    memory_plan: str = "none"  # "none" or a strategy of lr_train.memory.STRATEGIES (resolved, not "auto")
+    compute_dtype: str | None = None  # cast the weights to this ("bf16", "fp16") after taking fp32 masters
 
     def validate(self) -> None:
         if self.max_steps < 1:
@@ -62,6 +68,17 @@ class StageConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        from lr_train.memory import STRATEGIES
+        from lr_train.optim import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.compute_dtype not in (None, *_DTYPES):
+            raise ValueError(
+                f"compute_dtype must be None or one of {sorted(_DTYPES)}, got {self.compute_dtype!r}"
+            )
+        if self.memory_plan not in ("none", *STRATEGIES):
+            raise ValueError(f"memory_plan must be none or one of {STRATEGIES}, got {self.memory_plan!r}")
 
 
 def lr_factor(step: int, cfg: StageConfig) -> float:
@@ -99,7 +116,8 @@ def train_stage(
     the tokenizer) and ``cfg.output/train_log.jsonl`` (one row per step, over all processes: ``loss`` as
     above, the ``lr`` the step used, its input ``tokens``, and ``tokens_per_s`` since this run started);
     returns a summary dict. ``on_grads(step, model)`` (diagnostics, tests) sees the unwrapped model once
-    the gradients of optimizer step ``step`` (1-based) are complete: reduced over processes, not clipped.
+    the gradients of optimizer step ``step`` (1-based) are complete: reduced over processes, not clipped
+    (with fp32 master weights for a bf16/fp16 model they have moved into the masters by then).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -115,20 +133,23 @@ def train_stage(
         step_scheduler_with_optimizer=False,
     )
     _check_launch(acc)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    master_device, grad_hooks, engine = _apply_memory_plan(model, cfg, acc)
     model.train()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=cfg.lr)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    optimizer, master, master_names = build_optimizer(
+        model,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        optimizer=cfg.optimizer,
+        precision=cfg.precision,
+        master_device=master_device,
+        grad_hooks=grad_hooks,
+        engine=engine,
+        compute_dtype=_DTYPES[cfg.compute_dtype] if cfg.compute_dtype else None,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    if master is not None:
+        acc.register_for_checkpointing(master)  # the fp32 masters travel with every checkpoint
 
     ckpt_root = os.path.join(cfg.output, "checkpoints")
     start_step = 0
@@ -172,10 +193,13 @@ def train_stage(
                 out = model(**batch, num_items_in_batch=max(n_targets, 1))
                 acc.backward(out.loss * scale)
                 if acc.sync_gradients:
+                    if master is not None:
+                        master.collect_grads()  # the fp32 gradients are the ones the step uses
                     if on_grads is not None:
                         on_grads(step + 1, acc.unwrap_model(model))
                     if cfg.max_grad_norm > 0:
-                        acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                        clip = master.masters if master is not None else model.parameters()
+                        acc.clip_grad_norm_(clip, cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += out.loss.detach().double()
@@ -206,7 +230,11 @@ def train_stage(
     state_dict = acc.get_state_dict(model)
     if acc.is_main_process:
         with atomic_dir(os.path.join(cfg.output, "model"), overwrite=True) as tmp:
+            if master is not None:
+                state_dict.update(master.named_state(master_names))  # save what the optimizer updated: fp32
             acc.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
+            if master is not None:
+                _mark_fp32(tmp)
             with open(os.path.join(tmp, "lr_train_summary.json"), "w") as f:
                 json.dump(summary, f, indent=2)
             if save_extra is not None:
@@ -257,6 +285,50 @@ def _check_launch(acc) -> None:
                 f"the accelerate config asks for {name} but accelerate set up {acc.distributed_type.value} "
                 f"(accelerate runs {name} on GPUs only; this run's device is {acc.device.type})"
             )
+
+
+def _apply_memory_plan(model, cfg: StageConfig, acc) -> tuple[torch.device | None, bool, bool]:
+    """Checkpointing (with offload) as the plan says; returns (where fp32 master weights live, whether
+    gradients move into them from backward hooks, whether DeepSpeed/FSDP owns precision and offload)."""
+    from accelerate.utils import DistributedType
+
+    plan = cfg.memory_plan
+    level = ("none", "plain", "checkpoint", "offload-activations", "offload-optimizer", "offload-params")
+    k = level.index(plan)
+    engine = acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    if plan == "offload-params" and not _deepspeed_offloads_params(acc):
+        raise ValueError(
+            "--memory-plan offload-params streams the weights from the CPU with DeepSpeed ZeRO-3: run under "
+            "accelerate launch --config_file configs/accelerate/deepspeed_zero3_offload.yaml"
+        )
+    if cfg.gradient_checkpointing or k >= level.index("checkpoint"):
+        enable_checkpointing(model, offload=k >= level.index("offload-activations"))
+    if engine:
+        # DeepSpeed / FSDP keep their own fp32 master weights and offload: the optimizer is plain AdamW.
+        if cfg.precision != "mixed":
+            raise ValueError("--precision pure-bf16 is for single-process and DDP runs, not DeepSpeed/FSDP")
+        return None, False, True
+    master_device = torch.device("cpu") if k >= level.index("offload-optimizer") else acc.device
+    # DDP reduces .grad after backward; moving gradients away inside backward would hide them from it.
+    return master_device, acc.num_processes == 1, False
+
+
+def _deepspeed_offloads_params(acc) -> bool:
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return False
+    zero = plugin.deepspeed_config.get("zero_optimization", {})
+    return zero.get("stage") == 3 and zero.get("offload_param", {}).get("device") == "cpu"
+
+
+def _mark_fp32(folder: str) -> None:
+    # save_pretrained records the compute dtype; the weights written are the fp32 masters.
+    path = os.path.join(folder, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["dtype"] = "float32"
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
 
 
 def packed_batches(dataset, tokens_per_batch: int, seed: int = 0):

@@ -80,11 +80,86 @@ def add_parser(sub):
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="weights' dtype")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument(
+        "--memory-plan",
+        default="none",
+        help="auto (the cheapest strategy `plan` finds that fits this GPU), none, or a strategy: plain, "
+        "checkpoint, offload-activations, offload-optimizer, offload-params",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("mixed", "pure-bf16"),
+        default="mixed",
+        help="mixed: AdamW updates fp32 master weights (default); pure-bf16: bf16 weights only, "
+        "Kahan-compensated AdamW (needs --dtype bf16)",
+    )
     p.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto")
     p.add_argument("--no-patch", action="store_true", help="train with the model's own attention and loss")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
     return p
+
+
+def check_memory_plan(args) -> None:
+    """Flag checks that need no model (run before anything is loaded or written)."""
+    from lr_train.memory import STRATEGIES, Settings, strategies_for
+
+    if args.memory_plan not in ("auto", "none", *STRATEGIES):
+        raise ValueError(
+            f"--memory-plan must be auto, none or one of {', '.join(STRATEGIES)}, got {args.memory_plan!r}"
+        )
+    if args.precision == "pure-bf16" and args.dtype != "bf16":
+        raise ValueError(f"--precision pure-bf16 needs --dtype bf16, got --dtype {args.dtype}")
+    allowed = strategies_for(Settings(train_length=1, dtype=args.dtype, precision=args.precision))
+    if args.memory_plan in STRATEGIES and args.memory_plan not in allowed:
+        raise ValueError(
+            f"--memory-plan {args.memory_plan} does not apply with --precision {args.precision} "
+            f"(its optimizer stays beside the weights); choose from {', '.join(allowed)}"
+        )
+
+
+def resolve_memory_plan(args, model) -> str:
+    """The strategy to train with: ``auto`` asks :func:`lr_train.memory.plan` for this machine's memory."""
+    if args.memory_plan != "auto":
+        return args.memory_plan
+    import torch
+
+    from lr_train.memory import Settings, model_shape, plan
+
+    cuda = torch.cuda.is_available()
+    settings = Settings(
+        train_length=args.tokens_per_batch,
+        dtype=args.dtype,
+        precision=args.precision,
+        device="cuda" if cuda else "cpu",
+        grad_accum=args.grad_accum,
+    )
+    shape = model_shape(model.config)
+    ram = _ram_bytes()
+    if cuda:
+        p = plan(
+            shape, settings, torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory, ram
+        )
+    else:
+        # CPU-only: GPU and CPU are one memory; the cheapest strategy whose total fits the RAM.
+        p = plan(shape, settings, 2**62, None)
+        fitting = [e for e in p.estimates if ram is None or e.total_peak <= ram]
+        p.chosen = fitting[0].strategy if fitting else None
+    if p.chosen is None:
+        raise ValueError(
+            f"--memory-plan auto: nothing fits {args.tokens_per_batch} tokens per batch on this machine; "
+            "run `python -m lr_train plan` for what would"
+        )
+    print(f"memory plan: {p.chosen}", file=sys.stderr)
+    return p.chosen
+
+
+def _ram_bytes() -> int | None:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().total)
 
 
 def train(args) -> dict:
@@ -97,6 +172,7 @@ def train(args) -> dict:
         raise ValueError(f"--output {args.output} is a file, not a folder")
     if args.warmup_steps > args.max_steps:
         raise ValueError(f"--warmup-steps {args.warmup_steps} must be <= --max-steps {args.max_steps}")
+    check_memory_plan(args)
     data = PreparedDataset(args.data)
     settings = data.settings
     reach = int(settings.get("target_length", 0))
@@ -116,7 +192,9 @@ def train(args) -> dict:
         tokenizer=tokenizer,
         target_length=target,
         rope_theta=args.rope_theta,
-        dtype=args.dtype,
+        # fp32 masters come from the weights as stored (a previous stage saves fp32); the optimizer
+        # casts the model to --dtype after taking them
+        dtype="fp32" if args.precision == "mixed" else args.dtype,
         seed=args.seed,
     )
     limit = model.config.max_position_embeddings
@@ -127,6 +205,7 @@ def train(args) -> dict:
         )
     if not args.no_patch:
         patch(model, backend=args.backend)
+    memory_plan = resolve_memory_plan(args, model)
     defaults = STAGE_DEFAULTS[args.stage]
     cfg = StageConfig(
         output=args.output,
@@ -144,6 +223,9 @@ def train(args) -> dict:
         seed=args.seed,
         mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing,
+        precision=args.precision,
+        memory_plan=memory_plan,
+        compute_dtype=args.dtype,
     )
     return train_stage(
         model,
