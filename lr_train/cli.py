@@ -152,15 +152,16 @@ def looks_local(value: str) -> bool:
     return not _HUB_NAME.match(value) or ".." in value or "--" in value
 
 
-def check_model_arg(value: str, flag: str) -> None:
-    """Raise ValueError naming ``flag`` when ``value`` is a local path that does not exist or is a file."""
+def check_model_arg(value: str, flag: str, *, allow_file: bool = False) -> None:
+    """Raise ValueError naming ``flag`` when ``value`` is a local path that does not exist, or is a file
+    (unless ``allow_file``: ``plan`` reads a bare config.json)."""
     from lr_train.models import TINY_PRESETS
 
     if value == TOY_TOKENIZER or value in TINY_PRESETS:
         return
     path = os.path.expanduser(value)
     if os.path.exists(path):
-        if not os.path.isdir(path):
+        if not os.path.isdir(path) and not allow_file:
             raise ValueError(f"{flag} {value} is a file; pass the folder that holds it")
         return
     if looks_local(value):
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         for dest, flag in MODEL_ARGS.items():
             value = getattr(args, dest, None)
             if isinstance(value, str):
-                check_model_arg(value, flag)
+                check_model_arg(value, flag, allow_file=args.command == "plan")
         limit_threads()
         rc = args.func(args)
     except ValueError as exc:
