@@ -125,6 +125,11 @@ class MasterWeights:
         return dict(zip(names, self.masters, strict=True))
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    # accelerate names the CPU of a multi-process CPU run "cpu:0"; a CPU tensor's device is "cpu".
+    return a.type == b.type and (a.type == "cpu" or a.index == b.index)
+
+
 def _accumulate(master: torch.Tensor, grad: torch.Tensor) -> None:
     g = grad.to(device=master.device)
     if master.grad is None:
@@ -216,7 +221,7 @@ def build_optimizer(
             raise ValueError(
                 f"--precision pure-bf16 needs bf16 weights (--dtype bf16), found {', '.join(bad)}"
             )
-        if master_device is not None and torch.device(master_device) != params[0].device:
+        if master_device is not None and not _same_device(torch.device(master_device), params[0].device):
             raise ValueError(
                 "--precision pure-bf16 keeps its optimizer beside the weights; no optimizer offload"
             )
@@ -239,7 +244,9 @@ def build_optimizer(
         return make(_groups(groups, decays, params)), None, names
     device = torch.device(master_device) if master_device is not None else params[0].device
     target = compute_dtype or params[0].dtype
-    if target == torch.float32 and all(p.dtype == torch.float32 and p.device == device for p in params):
+    if target == torch.float32 and all(
+        p.dtype == torch.float32 and _same_device(p.device, device) for p in params
+    ):
         return make(_groups(groups, decays, params)), None, names
     cast = compute_dtype is not None and any(p.dtype != compute_dtype for p in params)
     master = MasterWeights(params, device, grad_hooks=grad_hooks, cast=cast)
