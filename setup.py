@@ -91,6 +91,7 @@ setup(
             "tokenizers>=0.20",
             "datasets>=2.14",
             "torch-optimi>=0.3,<0.4",
+            "matplotlib>=3.7",
         ],
         "dev": [
             "transformers>=5.0,<6",
@@ -99,6 +100,7 @@ setup(
             "tokenizers>=0.20",
             "datasets>=2.14",
             "torch-optimi>=0.3,<0.4",
+            "matplotlib>=3.7",
             "pytest>=8",
             "pytest-benchmark>=4",
             "ruff>=0.6",

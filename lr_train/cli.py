@@ -20,7 +20,7 @@ import re
 import sys
 
 PROG = "python -m lr_train"
-COMMANDS = ("prepare", "analyze", "plan", "train", "merge", "eval", "demo")
+COMMANDS = ("prepare", "analyze", "plan", "train", "merge", "eval", "compare", "demo")
 
 # Arguments (dest -> flag) that name a model or tokenizer: a local folder, a hub name, or a preset.
 MODEL_ARGS = {

@@ -1,11 +1,13 @@
-"""Long-context evaluation: perplexity by position and a passkey (needle-in-a-haystack) grid.
+"""Long-context evaluation: perplexity by position, a passkey (needle-in-a-haystack) grid, the RULER-style
+synthetic tasks of ``lr_train.ruler`` and short-context retention.
 
-Both work on any causal LM of the supported families, patched or not; log-probs come from
+All work on any causal LM of the supported families, patched or not; log-probs come from
 ``lk.token_logprobs`` on the last hidden states, so no ``[T, V]`` logits are held at long lengths.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Sequence
@@ -15,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 import lr_kernels as lk
+from lr_train import ruler
 
 
 def _lm_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -157,3 +160,198 @@ def passkey_grid(
                 examples.append({"length": lengths[j], "depth": depths[i], "key": key, "answer": answer})
         acc[i][j] = hits / trials
     return PasskeyGrid(list(lengths), list(depths), acc, trials, examples)
+
+
+def _pad_id(tokenizer) -> int:
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return tid
+    return 0
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+@torch.no_grad()
+def ruler_suite(
+    model,
+    tokenizer,
+    *,
+    tasks: Sequence[str],
+    lengths: Sequence[int],
+    depths: Sequence[float] = ruler.DEFAULT_DEPTHS,
+    samples: int = 4,
+    seed: int = 0,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Accuracy of greedy generation on the RULER-style tasks of :mod:`lr_train.ruler`, per task, depth
+    and length (exact match, :func:`lr_train.ruler.score`).
+
+    Each (task, depth, length) cell holds ``samples`` deterministic prompts of exactly ``length`` tokens
+    (``ruler.task_samples``: the same for a given ``seed`` on every machine and in every run, whatever
+    other cells are evaluated); they are generated ``batch_size`` at a time (default: the whole cell in
+    one ``generate`` call; all prompts of a cell have the same length, so none is padded).
+    ``tasks`` may hold ``all``. Returns a JSON-able dict::
+
+        {"tasks": {task: {"lengths": [...], "depths": [...],
+                          "accuracy": [[acc per length] per depth],
+                          "by_length": [mean over depths per length], "mean": float}},
+         "lengths": [...], "depths": [...],
+         "by_length": [mean over tasks per length], "mean": float,
+         "samples": n, "seed": s,
+         "examples": [up to 2 per task: {"task", "length", "depth", "answer", "generated"}]}
+
+    Raises ``ValueError`` for an unknown task, empty ``lengths`` / ``depths``, ``samples`` or
+    ``batch_size`` < 1, or a length too short for a task's prompt.
+    """
+    tasks = ruler.parse_tasks(tasks)
+    lengths, depths = [int(n) for n in lengths], [float(d) for d in depths]
+    if not tasks or not lengths or not depths:
+        raise ValueError("tasks, lengths and depths must be non-empty")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch = batch_size or samples
+    model.eval()
+    device = next(model.parameters()).device
+    pad = _pad_id(tokenizer)
+    out: dict = {"tasks": {}, "lengths": lengths, "depths": depths}
+    examples: list[dict] = []
+    cells = [(t, i, j) for t in tasks for i in range(len(depths)) for j in range(len(lengths))]
+    acc = {t: [[0.0] * len(lengths) for _ in depths] for t in tasks}
+    new_tokens = {t: ruler.max_new_tokens(tokenizer, t) for t in tasks}
+    for task, i, j in tqdm(cells, desc="ruler", disable=not progress, leave=False):
+        cell = ruler.task_samples(tokenizer, task, lengths[j], depths[i], samples, seed)
+        hits = 0
+        for b in range(0, samples, batch):
+            part = cell[b : b + batch]
+            ids = torch.tensor([s.input_ids for s in part], device=device)
+            gen = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens[task],
+                do_sample=False,
+                pad_token_id=pad,
+            )
+            texts = tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
+            for s, text in zip(part, texts, strict=True):
+                hits += ruler.score(task, s.answer, text)
+            # The first and the last cell of a task: its shortest and longest prompt, shallowest and deepest.
+            if b == 0 and (i, j) in {(0, 0), (len(depths) - 1, len(lengths) - 1)}:
+                examples.append(
+                    {
+                        "task": task,
+                        "length": lengths[j],
+                        "depth": depths[i],
+                        "answer": list(part[0].answer),
+                        "generated": texts[0],
+                    }
+                )
+        acc[task][i][j] = hits / samples
+    for task in tasks:
+        by_length = [_mean([row[j] for row in acc[task]]) for j in range(len(lengths))]
+        out["tasks"][task] = {
+            "lengths": lengths,
+            "depths": depths,
+            "accuracy": acc[task],
+            "by_length": by_length,
+            "mean": _mean([v for row in acc[task] for v in row]),
+        }
+    out["by_length"] = [_mean([out["tasks"][t]["by_length"][j] for t in tasks]) for j in range(len(lengths))]
+    out["mean"] = _mean([out["tasks"][t]["mean"] for t in tasks])
+    out["samples"] = samples
+    out["seed"] = seed
+    out["examples"] = examples
+    return out
+
+
+def ruler_table(result: dict) -> str:
+    """Accuracy by length (mean over depths) per task of a :func:`ruler_suite` result, and over all tasks."""
+    lengths = result["lengths"]
+    width = max(len("all tasks"), *(len(t) for t in result["tasks"]))
+    rows = [f"{'task':<{width}} " + " ".join(f"{n:>7}" for n in lengths) + f" {'mean':>7}"]
+    for task, r in result["tasks"].items():
+        rows.append(
+            f"{task:<{width}} " + " ".join(f"{a:>7.2f}" for a in r["by_length"]) + f" {r['mean']:>7.2f}"
+        )
+    rows.append(
+        f"{'all tasks':<{width}} "
+        + " ".join(f"{a:>7.2f}" for a in result["by_length"])
+        + f" {result['mean']:>7.2f}"
+    )
+    return "\n".join(rows)
+
+
+def wilson_interval(hits: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``hits / n`` (95% for ``z = 1.96``); ``(0, 1)`` when n = 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def retention(
+    model,
+    tokenizer,
+    tokens: torch.Tensor,
+    *,
+    native_length: int,
+    tasks: Sequence[str],
+    depths: Sequence[float] = ruler.DEFAULT_DEPTHS,
+    samples: int = 4,
+    seed: int = 0,
+    ppl_windows: int = 8,
+    ruler_result: dict | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Short-context retention: how well the model still does inside the base model's native window.
+
+    Perplexity of the next token over up to ``ppl_windows`` windows of ``native_length`` tokens of the
+    plain-text stream ``tokens`` (all positions pooled), and the RULER accuracy at ``native_length``
+    (mean over ``tasks`` and ``depths``). A :func:`ruler_suite` result that already holds
+    ``native_length`` with the same tasks, depths, samples and seed is reused (its cells are the very
+    prompts that would be generated). Returns::
+
+        {"length": n, "perplexity": float, "nll": float, "windows": k,
+         "ruler_mean": float, "ruler_by_task": {task: float}}
+    """
+    tasks = ruler.parse_tasks(tasks)
+    ppl = perplexity_by_position(
+        model, tokens, length=native_length, buckets=1, max_windows=ppl_windows, progress=progress
+    )
+    reusable = (
+        ruler_result is not None
+        and native_length in ruler_result["lengths"]
+        and ruler_result["depths"] == [float(d) for d in depths]
+        and ruler_result["samples"] == samples
+        and ruler_result["seed"] == seed
+        and all(t in ruler_result["tasks"] for t in tasks)
+    )
+    if not reusable:
+        ruler_result = ruler_suite(
+            model,
+            tokenizer,
+            tasks=tasks,
+            lengths=[native_length],
+            depths=depths,
+            samples=samples,
+            seed=seed,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    j = ruler_result["lengths"].index(native_length)
+    by_task = {t: ruler_result["tasks"][t]["by_length"][j] for t in tasks}
+    return {
+        "length": native_length,
+        "perplexity": ppl.ppl[0],
+        "nll": ppl.nll[0],
+        "windows": ppl.windows,
+        "ruler_mean": _mean(list(by_task.values())),
+        "ruler_by_task": by_task,
+    }

@@ -1,17 +1,15 @@
 """Units of the training recipe: RoPE base rule, schedules, atomic directories, merge, heat map."""
 
 import os
-import struct
-import zlib
 from itertools import pairwise
 
 import pytest
 import torch
 
 from lr_train.checkpoint import atomic_dir, prune, step_dirs
-from lr_train.heatmap import write_heatmap_png
 from lr_train.merge import merge_state_dicts
 from lr_train.models import extended_rope_theta, set_context_window
+from lr_train.plots import heatmap
 from lr_train.training import StageConfig, lr_factor
 
 
@@ -105,29 +103,26 @@ def test_merge_state_dicts_averages_and_checks():
         merge_state_dicts(a, {"w": torch.ones(3), "n": b["n"]})
 
 
-def _read_png(path):
-    data = open(path, "rb").read()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(data):
-        (n,) = struct.unpack(">I", data[pos : pos + 4])
-        tag = data[pos + 4 : pos + 8]
-        body = data[pos + 8 : pos + 8 + n]
-        assert struct.unpack(">I", data[pos + 8 + n : pos + 12 + n])[0] == zlib.crc32(tag + body) & 0xFFFFFFFF
-        chunks[tag] = chunks.get(tag, b"") + body
-        pos += 12 + n
-    w, h = struct.unpack(">II", chunks[b"IHDR"][:8])
-    raw = zlib.decompress(chunks[b"IDAT"])
-    return w, h, raw
-
-
 def test_heatmap_png_is_valid_and_colours_cells(tmp_path):
+    from PIL import Image
+
     path = str(tmp_path / "grid.png")
-    write_heatmap_png(path, [[0.0, 1.0], [float("nan"), 0.5]], cell=4)
-    w, h, raw = _read_png(path)
-    assert (w, h) == (8, 8) and len(raw) == h * (1 + 3 * w)
-    row0 = raw[1 : 1 + 3 * w]
-    assert tuple(row0[0:3]) == (220, 40, 40)  # 0 -> red
-    assert tuple(row0[12:15]) == (40, 220, 40)  # 1 -> green
-    with pytest.raises(ValueError):
-        write_heatmap_png(path, [])
+    heatmap(
+        path,
+        [[0.0, 1.0], [float("nan"), 0.5]],
+        rows=[0.0, 1.0],
+        cols=[256, 1024],
+        row_label="depth",
+        col_label="length",
+        title="tiny — passkey",
+    )
+    img = Image.open(path)
+    assert img.format == "PNG" and img.width > 100 and img.height > 100
+    colours = {c for _, c in img.convert("RGB").getcolors(maxcolors=1 << 20)}
+    near = lambda rgb: any(sum(abs(a - b) for a, b in zip(c, rgb, strict=True)) < 40 for c in colours)
+    assert near((165, 0, 38)) and near((0, 104, 55)) and near((160, 160, 160))  # 0 red, 1 green, NaN grey
+    assert os.listdir(tmp_path) == ["grid.png"]
+    with pytest.raises(ValueError, match="non-empty"):
+        heatmap(path, [], rows=[], cols=[], row_label="", col_label="", title="")
+    with pytest.raises(ValueError, match="rows"):
+        heatmap(path, [[0.5]], rows=[0, 1], cols=[8], row_label="", col_label="", title="")

@@ -1,15 +1,17 @@
-"""`python -m lr_train demo`: the whole recipe, end to end, on a tiny model on the CPU, with no download.
+"""`python -m lr_train demo`: LongRecipe end to end on a tiny model on the CPU, with no download.
 
-  0. base      a tiny Llama trained briefly at a 256-token window (stands in for a pretrained model)
-  1. prepare   LongRecipe data from a synthetic corpus: digit-holding sentences kept, 50% of the others
-               dropped, 320-token samples whose positions span a 1024-token window (~31%)
-  2. extend    RoPE base raised for 1024 tokens, trained on (1) with lr_train.patch'ed kernels
-  3. anneal    contiguous-position replay of general text, falling learning rate
+  0. base      a tiny Llama that retrieves inside its {base}-token window (bundled: lr_train/assets/
+               tiny-retriever, made by `lr_train.retriever`; --train-base trains it again: 10-15 min)
+  1. prepare   LongRecipe data from documents with long-range references: digit-holding sentences kept,
+               50% of the others dropped, {short}-token samples whose positions span a {target}-token window
+  2. extend    RoPE base raised for {target} tokens, trained on (1) with lr_train.patch'ed kernels
+  3. anneal    contiguous-position replay of short documents, falling learning rate
   4. merge     ½·base + ½·annealed
-  5. eval      perplexity by position at 1024 tokens and a passkey grid, for the base and merged models
+  5. eval      the needle task (niah_single) at 1x, 2x and 4x the base window: base vs extended
 
 Every stage writes its folder atomically under --output and is skipped when already there, so an
-interrupted demo resumes where it stopped; --fresh starts over.
+interrupted demo resumes where it stopped; --fresh starts over. The whole demo takes about 2 minutes on 2
+cores.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import time
 BASE_WINDOW = 256
 TRAIN_LENGTH = 320
 TARGET = 1024
+BUNDLED_BASE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "tiny-retriever")
 
 
 def add_parser(sub):
     p = sub.add_parser(
         "demo",
         help="run the whole recipe on a tiny model on the CPU (no download)",
-        description=__doc__,
+        description=__doc__.format(base=BASE_WINDOW, short=TRAIN_LENGTH, target=TARGET),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--output", default="demo_out", help="work folder (default: ./demo_out)")
@@ -41,226 +44,157 @@ def add_parser(sub):
         default="longrecipe",
         help="position method of the extend stage",
     )
-    p.add_argument("--steps", type=int, default=60, help="extend steps (base: 2x, anneal: 1/3)")
-    p.add_argument("--docs", type=int, default=400, help="documents in the synthetic corpus")
+    p.add_argument("--steps", type=int, default=40, help="extend steps of 5,120 tokens (anneal: 1/4)")
+    p.add_argument("--samples", type=int, default=8, help="needle prompts per length and depth")
+    base = p.add_mutually_exclusive_group()
+    base.add_argument("--base", default=None, help="base model folder (default: the bundled tiny retriever)")
+    base.add_argument("--train-base", action="store_true", help="train the base again (10-15 min)")
     p.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
     return p
 
 
-def _cli(argv: list[str]):
-    from lr_train.cli import build_parser
-
-    return build_parser().parse_args(argv)
-
-
-def _write_corpus(folder: str, docs: int, seed: int) -> str:
-    from lr_train.checkpoint import atomic_dir
-    from lr_train.toy import toy_corpus
-
-    path = os.path.join(folder, "corpus.jsonl")
-    if not os.path.exists(path):
-        with atomic_dir(folder, overwrite=True) as tmp, open(os.path.join(tmp, "corpus.jsonl"), "w") as f:
-            for text in toy_corpus(docs, seed=seed):
-                f.write(json.dumps({"text": text}) + "\n")
-    return path
-
-
-def _step(title: str, quiet: bool) -> float:
-    if not quiet:
-        print(f"\n== {title}", flush=True)
-    return time.perf_counter()
-
-
 def demo(args) -> dict:
     from transformers.utils import logging as hf_logging
 
-    from lr_train.commands.eval import evaluate, write_results
-    from lr_train.commands.merge import merge
-    from lr_train.commands.prepare import prepare
-    from lr_train.commands.train import train
-    from lr_train.recipe import default_eval_texts
+    from lr_train.commands.compare import Runner, Scale, _write_jsonl
+    from lr_train.ruler import retrieval_corpus
 
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars drown the stage output
+    if args.steps < 4:
+        raise ValueError(f"--steps must be >= 4, got {args.steps}")
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
     out = os.path.abspath(args.output)
     if args.fresh and os.path.exists(out):
         shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
-    q = ["--quiet"] if args.quiet else []
-    steps = max(args.steps, 3)
-    timings = {}
+    os.makedirs(os.path.join(out, "corpus"), exist_ok=True)
+    scale = Scale(tasks=("niah_single",), depths=(0.0, 0.5, 1.0), samples=args.samples)
+    r = Runner(out, scale, args.backend, args.quiet)
+    lengths = [BASE_WINDOW, 2 * BASE_WINDOW, TARGET]
+    timings: dict[str, float] = {}
 
-    t = _step("data: synthetic corpus (train) and held-out text (eval)", args.quiet)
-    corpus = _write_corpus(os.path.join(out, "corpus"), args.docs, seed=0)
-    general = _write_corpus(os.path.join(out, "general"), max(args.docs // 4, 8), seed=1)
-    timings["corpus"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if args.train_base:
+        r.say(f"\n== 0. base: a tiny Llama taught to retrieve inside a {BASE_WINDOW}-token window")
+        base = r.path("base")
+        if not os.path.exists(base):
+            from lr_train.retriever import train_retriever
 
-    def prep(name, positions, length, target, src):
-        folder = os.path.join(out, name)
-        if not os.path.exists(folder):
-            extra = ["--drop-ratio", "0.5"] if positions == "longrecipe" else []
-            prepare(
-                _cli(
-                    [
-                        "prepare",
-                        "--tokenizer",
-                        "toy",
-                        "--input",
-                        src,
-                        "--output",
-                        folder,
-                        "--positions",
-                        positions,
-                        "--train-length",
-                        str(length),
-                        "--target-length",
-                        str(target),
-                        "--seed",
-                        "0",
-                        *extra,
-                        *q,
-                    ]
-                )
-            )
-        return folder
-
-    def stage(name, stage_name, model, data, max_steps, lr, schedule, extra=()):
-        folder = os.path.join(out, name)
-        train(
-            _cli(
-                [
-                    "train",
-                    "--stage",
-                    stage_name,
-                    "--model",
-                    model,
-                    "--tokenizer",
-                    "toy",
-                    "--data",
-                    data,
-                    "--output",
-                    folder,
-                    "--max-steps",
-                    str(max_steps),
-                    "--tokens-per-batch",
-                    "2048",
-                    "--lr",
-                    str(lr),
-                    "--schedule",
-                    schedule,
-                    "--warmup-steps",
-                    str(max(max_steps // 10, 1)),
-                    "--save-every",
-                    str(max(max_steps // 2, 1)),
-                    "--backend",
-                    args.backend,
-                    *extra,
-                    *q,
-                ]
-            )
-        )
-        return os.path.join(folder, "model")
-
-    t = _step(f"0. base model: tiny Llama trained at a {BASE_WINDOW}-token window", args.quiet)
-    base_data = prep("data-base", "full", BASE_WINDOW, BASE_WINDOW, corpus)
-    base = stage("base", "extend", "tiny-llama", base_data, 2 * steps, 2e-3, "cosine")
+            train_retriever(base, window=BASE_WINDOW, progress=not args.quiet)
+    else:
+        base = args.base or BUNDLED_BASE
+        if not os.path.isfile(os.path.join(base, "config.json")):
+            raise ValueError(f"--base {base} is not a model folder (no config.json)")
+        r.say(f"\n== 0. base: {'the bundled tiny retriever, ' if args.base is None else ''}{base}")
     timings["base"] = time.perf_counter() - t
 
-    t = _step(
-        f"1. prepare: {args.positions} positions, {TRAIN_LENGTH} tokens over a {TARGET} window", args.quiet
+    t = time.perf_counter()
+    r.say(f"\n== 1. prepare: {args.positions} positions, {TRAIN_LENGTH} tokens over a {TARGET}-token window")
+    corpus = _write_jsonl(
+        r.path("corpus", "long.jsonl"), retrieval_corpus(160, sentences=TARGET // 6, seed=1, every=24)
     )
-    ext_data = prep(
-        f"data-{args.positions}",
-        args.positions,
-        TRAIN_LENGTH if args.positions != "full" else TARGET,
-        TARGET,
-        corpus,
+    replay = _write_jsonl(
+        r.path("corpus", "replay.jsonl"), retrieval_corpus(120, sentences=BASE_WINDOW // 24, seed=2)
     )
+    length = TARGET if args.positions == "full" else TRAIN_LENGTH
+    extra = ["--drop-ratio", "0.5"] if args.positions == "longrecipe" else []
+    data = r.prepare(f"{args.positions}", corpus, args.positions, length, TARGET, 0, *extra)
+    anneal_data = r.prepare("anneal", replay, "full", TRAIN_LENGTH, TRAIN_LENGTH, 0)
     timings["prepare"] = time.perf_counter() - t
 
-    t = _step("2. extend", args.quiet)
-    extended = stage(
-        "extend", "extend", base, ext_data, steps, 1e-3, "constant", ["--target-length", str(TARGET)]
-    )
+    t = time.perf_counter()
+    r.say(f"\n== 2. extend: RoPE base raised for {TARGET} tokens")
+    extended, _ = r.train(
+        "extend", "extend", base, data, args.steps, scale.extend_lr, "constant",
+        tokens_per_batch=scale.tokens_per_batch, seed=0, extra=["--target-length", str(TARGET)],
+    )  # fmt: skip
     timings["extend"] = time.perf_counter() - t
 
-    t = _step("3. anneal: contiguous positions, falling learning rate", args.quiet)
-    anneal_data = prep("data-anneal", "full", TRAIN_LENGTH, TRAIN_LENGTH, general)
-    annealed = stage("anneal", "anneal", extended, anneal_data, max(steps // 3, 2), 3e-4, "linear")
+    t = time.perf_counter()
+    r.say("\n== 3. anneal: contiguous positions, falling learning rate")
+    annealed, _ = r.train(
+        "anneal", "anneal", extended, anneal_data, max(args.steps // 4, 1), scale.anneal_lr, "linear",
+        tokens_per_batch=scale.tokens_per_batch, seed=0,
+    )  # fmt: skip
     timings["anneal"] = time.perf_counter() - t
 
-    t = _step("4. merge: ½ base + ½ annealed", args.quiet)
-    merged = os.path.join(out, "merged")
-    if not os.path.exists(merged):
-        merge(base, annealed, merged)
+    t = time.perf_counter()
+    r.say("\n== 4. merge: ½ base + ½ annealed")
+    merged = r.merge("merged", base, annealed)
     timings["merge"] = time.perf_counter() - t
 
-    t = _step(f"5. eval at up to {TARGET} tokens: base vs merged", args.quiet)
-    results = {}
-    for name, path in (("base", base), ("merged", merged)):
-        folder = os.path.join(out, f"eval-{name}")
-        if not os.path.exists(os.path.join(folder, "results.json")):
-            results[name] = _evaluate(path, folder, args, evaluate, write_results, default_eval_texts)
-        with open(os.path.join(folder, "results.json")) as f:
-            results[name] = json.load(f)
+    t = time.perf_counter()
+    r.say(f"\n== 5. eval: the needle task at {', '.join(map(str, lengths))} tokens, base vs extended")
+    results = {"base": r.evaluate("base", base, lengths), "extended": r.evaluate("merged", merged, lengths)}
     timings["eval"] = time.perf_counter() - t
-    report = {"results": results, "seconds": timings, "positions": args.positions}
+    report = {
+        "lengths": lengths,
+        "base_window": BASE_WINDOW,
+        "positions": args.positions,
+        "accuracy": {name: res["by_length"] for name, res in results.items()},
+        "samples_per_length": args.samples * len(scale.depths),
+        "seconds": timings,
+        "merged_model": merged,
+    }
+    _picture(out, report)
     with open(os.path.join(out, "report.json.tmp"), "w") as f:
         json.dump(report, f, indent=2)
     os.replace(os.path.join(out, "report.json.tmp"), os.path.join(out, "report.json"))
     return report
 
 
-def _evaluate(path, folder, args, evaluate, write_results, default_eval_texts) -> dict:
-    from transformers import AutoModelForCausalLM
+def _picture(out: str, report: dict) -> None:
+    from lr_train.evaluation import wilson_interval
+    from lr_train.plots import accuracy_vs_length
 
-    from lr_train import patch
-    from lr_train.recipe import load_tokenizer
-
-    tokenizer = load_tokenizer("toy")
-    model = AutoModelForCausalLM.from_pretrained(path)
-    patch(model, backend=args.backend, cross_entropy=False)
-    results = evaluate(
-        model,
-        tokenizer,
-        default_eval_texts(),
-        lengths=[BASE_WINDOW, TARGET // 2, TARGET],
-        depths=[0.0, 0.5, 1.0],
-        trials=2,
-        ppl_length=TARGET,
-        ppl_windows=4,
-        seed=0,
-        progress=not args.quiet,
+    n = report["samples_per_length"]
+    series = {}
+    for name, acc in report["accuracy"].items():
+        bands = [wilson_interval(a * n, n) for a in acc]
+        series[name] = (acc, [lo for lo, _ in bands], [hi for _, hi in bands])
+    accuracy_vs_length(
+        os.path.join(out, "needle.png"),
+        report["lengths"],
+        series,
+        title=f"Needle retrieval, tiny Llama: base vs {report['positions']} extension (95% Wilson band)",
+        native_length=report["base_window"],
     )
-    results["model"] = path
-    write_results(results, folder, overwrite=True)
-    return results
 
 
-def _summary(report: dict, out: str) -> str:
-    base, merged = report["results"]["base"], report["results"]["merged"]
-    edges = base["perplexity"]["bucket_edges"]
+def summary(report: dict, out: str) -> str:
+    lengths, acc = report["lengths"], report["accuracy"]
+    native = report["base_window"]
     lines = [
-        f"\nperplexity by position at {TARGET} tokens ({report['positions']} extension)",
-        f"{'positions':>12} {'base':>9} {'merged':>9}",
+        f"\nneedle-in-a-haystack accuracy ({report['samples_per_length']} prompts per length; "
+        f"base window {native} tokens)",
+        f"{'length':>8} {'':>4} {'base':>6} {'extended':>9}",
     ]
-    for i, (a, b) in enumerate(zip(base["perplexity"]["ppl"], merged["perplexity"]["ppl"], strict=True)):
-        lines.append(f"{edges[i]:>5}-{edges[i + 1] - 1:<6} {a:>9.2f} {b:>9.2f}")
+    for i, n in enumerate(lengths):
+        lines.append(f"{n:>8} {f'{n // native}x':>4} {acc['base'][i]:>6.2f} {acc['extended'][i]:>9.2f}")
+    total = sum(report["seconds"].values())
     lines.append(
-        f"passkey accuracy (mean over grid): base {base['passkey']['mean']:.2f}, "
-        f"merged {merged['passkey']['mean']:.2f}"
+        "time: " + ", ".join(f"{k} {v:.0f}s" for k, v in report["seconds"].items()) + f" ({total:.0f}s)"
     )
-    lines.append("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in report["seconds"].items()))
-    lines.append(f"everything is in {out} (report.json; eval-*/passkey.png heat maps)")
+    lines.append(f"picture: {out}/needle.png; merged model: {report['merged_model']}")
+    lines.append(
+        f"next: python -m lr_train eval --model {report['merged_model']} --tokenizer toy --suite ruler "
+        f"--lengths {' '.join(map(str, lengths))} --output {out}/eval-ruler"
+    )
     return "\n".join(lines)
 
 
 def run(args) -> int:
+    from lr_train.cli import fail
+
     try:
         report = demo(args)
     except (ValueError, OSError) as exc:
-        print(f"demo: error: {exc}", file=sys.stderr)
-        return 2
-    print(_summary(report, os.path.abspath(args.output)))
+        return fail("demo", exc)
+    print(summary(report, os.path.abspath(args.output)))
     return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run(argparse.Namespace()))

@@ -248,7 +248,10 @@ def add_parser(sub):
         help="longrecipe: 'random' (default) or K tokens",
     )
     p.add_argument(
-        "--impactful", default=None, help="longrecipe: mask JSON from `analyze` (default: digit tokens)"
+        "--impactful",
+        default=None,
+        help="longrecipe: mask JSON from `analyze` (default: digit tokens); `none` keeps sentences at random "
+        "(the paper's random-selection ablation)",
     )
     p.add_argument(
         "--min-length",
@@ -316,11 +319,14 @@ def prepare(args) -> dict:
     if settings.selects:
         texts = masks.token_texts(tokenizer)
         delim = masks.delimiter_mask(tokenizer, texts=texts)
-        impactful = (
-            masks.load_impactful_mask(args.impactful, vocab)
-            if args.impactful
-            else masks.digit_mask(tokenizer, texts=texts)
-        )
+        import torch
+
+        if args.impactful == "none":  # no token analysis: every sentence is dropped with --drop-ratio
+            impactful = torch.zeros(vocab, dtype=torch.bool)
+        elif args.impactful:
+            impactful = masks.load_impactful_mask(args.impactful, vocab)
+        else:
+            impactful = masks.digit_mask(tokenizer, texts=texts)
 
     start = time.perf_counter()
     with atomic_dir(args.output, overwrite=args.overwrite, flag="--output") as tmp:
