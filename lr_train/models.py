@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     import torch
 
 TINY_PRESETS: dict[str, dict[str, Any]] = {
-    # A model small enough to train on a laptop CPU in minutes; used by the demo and the tests.
+    # A model small enough to train on a laptop CPU in minutes; used by the tests.
     "tiny-llama": dict(
         model_type="llama",
         hidden_size=128,
@@ -21,21 +21,12 @@ TINY_PRESETS: dict[str, dict[str, Any]] = {
         max_position_embeddings=256,
         tie_word_embeddings=False,
     ),
-    # Twice as deep: the smallest preset that learns the multi-needle retrieval tasks of lr_train.ruler
-    # within minutes on a CPU (the base model of `demo` and `compare`).
-    "tiny-llama-4l": dict(
-        model_type="llama",
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        rope_theta=10000.0,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-    ),
 }
+
+# Twice as deep: the base model of `demo` and `compare` (lr_train.retriever). Trained the same way for
+# 2,500-3,000 steps, this one answers the single-needle task at its 256-token window and the 2-layer one
+# did not (measured: 1.00 vs 0.61); neither learns the multi-needle tasks well in that budget.
+TINY_PRESETS["tiny-llama-4l"] = dict(TINY_PRESETS["tiny-llama"], num_hidden_layers=4)
 
 
 def extended_rope_theta(theta: float, head_dim: int, original_length: int, target_length: int) -> float:
