@@ -1,17 +1,19 @@
 """`python -m lr_train compare`: the paper's comparison of extension methods, at small scale, on the CPU.
 
-  base     a tiny Llama trained at a {base}-token window on documents with long-range references (facts
-           stated early, asked about later: the RULER task templates), until it retrieves inside its window
+  base     a tiny Llama taught the RULER-style tasks inside a {base}-token window (lr_train.retriever):
+           the bundled tiny-retriever, or with --train-base one trained into OUTPUT/base (about 14 min)
   arms     from that base, with the same raised RoPE base, the same number of training tokens, the same
-           anneal and the same merge (½ base + ½ annealed), one run per seed:
+           anneal and the same merge (½ base + ½ annealed), one run per seed, trained with the recipe's
+           `train` on documents whose facts are stated early and asked about later (lr_train.ruler):
              full         full-length training: {target}-token samples, positions 0..L-1
              longrecipe   {short}-token samples of selected sentences (digit-holding ones kept, 50% of the
                           others dropped), LongRecipe positions over {target}
              random-sel   the ablation: the same, but sentences kept at random (no token analysis)
              pose         {short}-token plain text, PoSE positions over {target}
              randpos      {short}-token plain text, RandPos positions over {target}
-  eval     the RULER-style suite (lr_train.ruler) at 1x, 2x and 4x the base window; per arm and length the
-           mean over seeds with a 95% interval (Student t over seeds), a table, and a plot
+  eval     the RULER-style suite (lr_train.ruler) at 1x, 2x and 4x the base window; per arm, task and length
+           the mean over seeds with a 95% interval (Student t over seeds): tables, compare.png (mean over
+           tasks), compare-<task>.png, results.json
 
 Every stage writes its folder atomically under --output and is skipped when already there, so an interrupted
 run resumes where it stopped; --fresh starts over. --quick is a smoke run (tiny steps; numbers mean nothing).
@@ -82,6 +84,9 @@ def add_parser(sub):
         "--quick", action="store_true", help="a smoke run in about a minute (numbers mean nothing)"
     )
     p.add_argument("--fresh", action="store_true", help="delete --output first")
+    p.add_argument(
+        "--train-base", action="store_true", help="train the base (about 14 min) instead of the bundled one"
+    )
     p.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -260,6 +265,10 @@ def compare(args) -> dict:
 
     r.say(f"== base: tiny Llama taught to retrieve inside a {s.base_window}-token window")
     base = r.path("base")
+    if not os.path.exists(base) and not (args.train_base or args.quick):
+        from lr_train.commands.demo import BUNDLED_BASE
+
+        base = BUNDLED_BASE  # lr_train.retriever's defaults made it: the base --train-base would train
     if not os.path.exists(base):
         from lr_train.retriever import train_retriever
 
