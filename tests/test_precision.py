@@ -94,6 +94,7 @@ def test_default_master_weights_keep_small_updates_pure_bf16_loses_them(tmp_path
     plain = _model()
     _manual(plain, plain_adamw=True)
     plain_share = _changed_share(before, dict(plain.named_parameters()))
+    print(f"weights changed in {STEPS} steps: fp32 masters {default_share:.2%}, pure bf16 {plain_share:.2%}")
 
     assert default_share > 0.90, default_share
     assert plain_share < 0.20, plain_share
