@@ -306,9 +306,7 @@ def retrieval_document(
         t = task_text(rng.choice(list(tasks)), rng)
         last = rng.randint(0, max(0, sentences - 1))
         spots = sorted(rng.randint(0, last) for _ in t.needles)
-        if t.needles and t.needles[0].startswith(" VAR"):
-            pass  # a variable chain stays in order
-        else:
+        if not t.needles[0].startswith(" VAR"):  # a variable chain stays in order
             rng.shuffle(t.needles)  # the asked needle is first in the list, not in the text
         for s, needle in zip(spots, t.needles, strict=True):
             inserts.setdefault(s, []).append(needle)
