@@ -23,6 +23,8 @@ import shutil
 import sys
 import time
 
+from lr_train.cli import int_at_least, positive_int
+
 BASE_WINDOW = 256
 TRAIN_LENGTH = 320
 TARGET = 1024
@@ -44,8 +46,10 @@ def add_parser(sub):
         default="longrecipe",
         help="position method of the extend stage",
     )
-    p.add_argument("--steps", type=int, default=40, help="extend steps of 5,120 tokens (anneal: 1/4)")
-    p.add_argument("--samples", type=int, default=8, help="needle prompts per length and depth")
+    p.add_argument(
+        "--steps", type=int_at_least(4), default=40, help="extend steps of 5,120 tokens (anneal: 1/4)"
+    )
+    p.add_argument("--samples", type=positive_int, default=8, help="needle prompts per length and depth")
     base = p.add_mutually_exclusive_group()
     base.add_argument("--base", default=None, help="base model folder (default: the bundled tiny retriever)")
     base.add_argument("--train-base", action="store_true", help="train the base again (10-15 min)")
@@ -62,10 +66,6 @@ def demo(args) -> dict:
     from lr_train.ruler import retrieval_corpus
 
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars drown the stage output
-    if args.steps < 4:
-        raise ValueError(f"--steps must be >= 4, got {args.steps}")
-    if args.samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {args.samples}")
     out = os.path.abspath(args.output)
     if args.fresh and os.path.exists(out):
         shutil.rmtree(out)

@@ -324,17 +324,16 @@ def _check_passkey_room(tokenizer, lengths: list[int]) -> None:
 def _check_ruler_room(tokenizer, tasks, lengths, depths, samples: int, seed: int, flag: str) -> None:
     """Refuse lengths (given by ``flag``) that cannot hold a task's prompts, before any model is loaded.
 
-    ``ruler.min_length`` first. It is measured on a few instances, and one with longer keys may need a
-    few tokens more; so at lengths below twice that, every prompt the run will use is built once here
-    (milliseconds each), and the run cannot fail later for want of room.
+    ``ruler.min_length`` first. It is measured on sampled instances (with a margin), and one with longer
+    keys could still need more; so at lengths below twice that, every prompt the run will use is built once
+    here (milliseconds each), and the run cannot fail later for want of room.
     """
-    for task in tasks:
-        need = ruler.min_length(tokenizer, task)
+    needs = {task: ruler.min_length(tokenizer, task) for task in tasks}
+    for task, need in needs.items():
         short = [n for n in lengths if n < need]
         if short:
             raise ValueError(f"{flag} {short[0]} is too short for RULER task {task}; use at least {need}")
-    for task in tasks:
-        need = ruler.min_length(tokenizer, task)
+    for task, need in needs.items():
         for n in (n for n in lengths if n < 2 * need):
             for d in depths:
                 try:
