@@ -151,6 +151,7 @@ class Sample:
     depth: float
     input_ids: list[int]
     answer: list[str]
+    others: list[tuple[str, list[str]]] = field(default_factory=list)  # more questions the needles answer
 
 
 class _Encoder:
@@ -239,7 +240,7 @@ def make_sample(
     answer = t.answer
     if task == "niah_multivalue":
         answer = [t.answer[i] for i in order]  # in text order
-    return Sample(task, length, depth, ids, answer)
+    return Sample(task, length, depth, ids, answer, t.others)
 
 
 def task_samples(tokenizer, task: str, length: int, depth: float, n: int, seed: int = 0) -> list[Sample]:
