@@ -7,9 +7,9 @@ of haystack with needles, with a language-model loss on all of the text plus a l
 tokens alone. The first task (niah_single) is trained alone for the first quarter of the steps, and
 prompt lengths grow from short ones to the full window over the first 60% (retrieval is learnt on one
 needle at short range first: a tiny model trained on every task at full length from the start does not
-find it within a few thousand steps). The result stands in for a pretrained
-model; the extension methods then train it with the recipe (plain language-model loss on long documents)
-and are judged beyond its window.
+find it within a few thousand steps). The result stands in for a pretrained model; the extension methods
+then train it with the recipe (plain language-model loss on long documents) and are judged beyond its
+window.
 
 What the defaults learn (the bundled base, 2,500 steps, about 14 min on 2 cores), at 256 tokens: the
 single needle reliably; multi-key, multi-value and multi-query only partly; variable tracking not at all.
