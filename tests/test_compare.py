@@ -25,16 +25,17 @@ def test_t_interval_matches_student_t():
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "run"
-    assert (
-        main(["compare", "--quick", "--seeds", "2", "--output", str(out), "--backend", "torch", "--quiet"])
-        == 0
-    )
+    argv = ["compare", "--quick", "--seeds", "2", "--output", str(out), "--backend", "torch", "--quiet"]
+    assert main([*argv, "--extend-lr", "2e-4"]) == 0
     return out
 
 
 def test_quick_compare_reports_every_arm(quick):
     report = json.load(open(quick / "results.json"))
     assert list(report["arms"]) == list(ARMS) and report["lengths"] == [256, 512, 1024]
+    assert report["scale"]["extend_lr"] == 2e-4  # --extend-lr reaches the run and its record
+    logged = [json.loads(line)["lr"] for line in open(quick / "full-0" / "extend" / "train_log.jsonl")]
+    assert max(logged) <= 2e-4
     tokens = {a["training_tokens"] for a in report["arms"].values()}
     assert len(tokens) == 1  # the same number of training tokens for every arm
     full, lr = report["arms"]["full"], report["arms"]["longrecipe"]
@@ -62,13 +63,21 @@ def test_quick_compare_reports_every_arm(quick):
 
 def test_quick_compare_resumes_without_retraining(quick, capsys):
     before = os.path.getmtime(quick / "longrecipe-0" / "merged" / "config.json")
-    assert (
-        main(["compare", "--quick", "--seeds", "2", "--output", str(quick), "--backend", "torch", "--quiet"])
-        == 0
-    )
+    argv = ["compare", "--quick", "--seeds", "2", "--output", str(quick), "--backend", "torch", "--quiet"]
+    with pytest.raises(SystemExit) as e:  # made with --extend-lr 2e-4: not resumed with another lr
+        main(argv)
+    assert e.value.code != 0 and "extend_lr 0.0002 -> 0.0003" in capsys.readouterr().err
+    assert main([*argv, "--extend-lr", "2e-4"]) == 0
     assert os.path.getmtime(quick / "longrecipe-0" / "merged" / "config.json") == before
     printed = capsys.readouterr().out
     assert "niah_single, accuracy by context length" in printed and "mean over all tasks" in printed
+
+
+def test_bad_extend_lr_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "--quick", "--extend-lr", "0", "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--extend-lr" in err and not (tmp_path / "o").exists()
 
 
 def test_unknown_arm_is_named(tmp_path, capsys):

@@ -28,9 +28,9 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
-from lr_train.cli import fail, positive_int
+from lr_train.cli import fail, positive_float, positive_int
 
 ARMS = ("full", "longrecipe", "random-sel", "pose", "randpos")
 
@@ -86,6 +86,12 @@ def add_parser(sub):
     p.add_argument("--fresh", action="store_true", help="delete --output first")
     p.add_argument(
         "--train-base", action="store_true", help="train the base (about 14 min) instead of the bundled one"
+    )
+    p.add_argument(
+        "--extend-lr",
+        type=positive_float,
+        default=None,
+        help=f"learning rate of every arm's extend stage (default {s.extend_lr:g})",
     )
     p.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto")
     p.add_argument("--quiet", action="store_true")
@@ -233,6 +239,22 @@ def _flops(params: int, layers: int, hidden: int, tokens: int, length: int) -> f
     return 6.0 * params * tokens + 6.0 * layers * hidden * length * tokens
 
 
+def _same_scale(out: str, s: Scale) -> None:
+    """Refuse to resume ``out`` with settings other than those its stages were made with."""
+    path = os.path.join(out, "scale.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        before = json.load(f)
+    now = json.loads(json.dumps(asdict(s)))  # tuples as lists, like the file
+    changed = [f"{k} {before.get(k)} -> {v}" for k, v in now.items() if before.get(k) != v]
+    if changed:
+        raise ValueError(
+            f"--output {out} was run with other settings ({', '.join(changed)}); "
+            "pass --fresh or choose another --output"
+        )
+
+
 def compare(args) -> dict:
     from transformers.utils import logging as hf_logging
 
@@ -243,10 +265,15 @@ def compare(args) -> dict:
         if arm not in ARMS:
             raise ValueError(f"--arms: unknown arm {arm!r}; choose from {', '.join(ARMS)}")
     s = QUICK if args.quick else Scale()
+    if getattr(args, "extend_lr", None) is not None:
+        s = replace(s, extend_lr=args.extend_lr)
     out = os.path.abspath(args.output)
     if args.fresh and os.path.exists(out):
         shutil.rmtree(out)
+    _same_scale(out, s)
     os.makedirs(os.path.join(out, "corpus"), exist_ok=True)
+    with open(os.path.join(out, "scale.json"), "w") as f:
+        json.dump(asdict(s), f, indent=2)
     r = Runner(out, s, args.backend, args.quiet)
     t_start = time.perf_counter()
     lengths = [s.base_window, 2 * s.base_window, s.target]
