@@ -258,6 +258,7 @@ def _same_scale(out: str, s: Scale) -> None:
 def compare(args) -> dict:
     from transformers.utils import logging as hf_logging
 
+    from lr_train.checkpoint import atomic_write_text
     from lr_train.ruler import retrieval_corpus
 
     hf_logging.disable_progress_bar()
@@ -265,15 +266,14 @@ def compare(args) -> dict:
         if arm not in ARMS:
             raise ValueError(f"--arms: unknown arm {arm!r}; choose from {', '.join(ARMS)}")
     s = QUICK if args.quick else Scale()
-    if getattr(args, "extend_lr", None) is not None:
+    if args.extend_lr is not None:
         s = replace(s, extend_lr=args.extend_lr)
     out = os.path.abspath(args.output)
     if args.fresh and os.path.exists(out):
         shutil.rmtree(out)
     _same_scale(out, s)
     os.makedirs(os.path.join(out, "corpus"), exist_ok=True)
-    with open(os.path.join(out, "scale.json"), "w") as f:
-        json.dump(asdict(s), f, indent=2)
+    atomic_write_text(os.path.join(out, "scale.json"), json.dumps(asdict(s), indent=2), overwrite=True)
     r = Runner(out, s, args.backend, args.quiet)
     t_start = time.perf_counter()
     lengths = [s.base_window, 2 * s.base_window, s.target]
