@@ -115,8 +115,9 @@ def test_retriever_command_line(tmp_path, capsys):
     from lr_train.retriever import main
 
     out = tmp_path / "base"
-    assert main([str(out), "--steps", "2", "--tasks", "niah_single", "--quiet"]) == 0
+    assert main([str(out), "--steps", "2", "--batch", "3", "--tasks", "niah_single", "--quiet"]) == 0
     assert "final loss" in capsys.readouterr().out
+    assert json.load(open(out / "retriever_log.json"))["settings"]["batch"] == 3
     assert main([str(out), "--steps", "1", "--quiet"]) != 0  # exists: refused, left as it was
     assert "output" in capsys.readouterr().err
     assert main([str(tmp_path / "other"), "--tasks", "needle", "--quiet"]) != 0
