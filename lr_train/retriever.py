@@ -219,12 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m lr_train.retriever OUTPUT [...]``: train (or, with --init, continue training) a base."""
     import argparse
 
-    from lr_train.cli import fail, limit_threads, positive_int
+    from lr_train.cli import fail, limit_threads, positive_float, positive_int
 
     p = argparse.ArgumentParser(prog="python -m lr_train.retriever", description=main.__doc__)
     p.add_argument("output", help="folder to write (must not exist)")
     p.add_argument("--steps", type=positive_int, default=2500)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--batch", type=positive_int, default=8, help="prompts per step")
     p.add_argument(
         "--tasks", nargs="+", default=list(ruler.TASKS), help="the first one is trained alone first"

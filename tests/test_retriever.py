@@ -122,4 +122,7 @@ def test_retriever_command_line(tmp_path, capsys):
     assert "output" in capsys.readouterr().err
     assert main([str(tmp_path / "other"), "--tasks", "needle", "--quiet"]) != 0
     assert "--tasks: unknown task 'needle'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "other"), "--lr", "0", "--quiet"])
+    assert e.value.code == 2 and "--lr" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["base"]
