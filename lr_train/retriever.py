@@ -220,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     from lr_train.cli import fail, limit_threads, positive_float, positive_int
+    from lr_train.models import TINY_PRESETS
 
     p = argparse.ArgumentParser(prog="python -m lr_train.retriever", description=main.__doc__)
     p.add_argument("output", help="folder to write (must not exist)")
@@ -232,6 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--weights", nargs="+", type=float, default=None, help="how often each task is drawn")
     p.add_argument("--first-task-share", type=float, default=FIRST_TASK_SHARE)
     p.add_argument("--init", default=None, help="continue from this train_retriever folder")
+    p.add_argument(
+        "--preset",
+        choices=sorted(TINY_PRESETS),
+        default="tiny-llama-4l",
+        help="model of a fresh base (ignored with --init)",
+    )
     p.add_argument(
         "--extra-questions", action="store_true", help="follow multi-key prompts by all their questions"
     )
@@ -253,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             weights=args.weights,
             first_task_share=args.first_task_share,
             init=args.init,
+            preset=args.preset,
             extra_questions=args.extra_questions,
             seed=args.seed,
             progress=not args.quiet,

@@ -125,4 +125,22 @@ def test_retriever_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path / "other"), "--lr", "0", "--quiet"])
     assert e.value.code == 2 and "--lr" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "other"), "--preset", "huge", "--quiet"])
+    assert e.value.code == 2 and "--preset" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["base"]
+    wide = tmp_path / "wide"
+    args = [
+        str(wide),
+        "--preset",
+        "tiny-llama-4l-wide",
+        "--steps",
+        "1",
+        "--batch",
+        "1",
+        "--tasks",
+        "niah_single",
+    ]
+    assert main([*args, "--quiet"]) == 0
+    assert json.load(open(wide / "config.json"))["hidden_size"] == 256
+    assert json.load(open(wide / "retriever_log.json"))["settings"]["preset"] == "tiny-llama-4l-wide"
