@@ -28,7 +28,7 @@ TINY_PRESETS: dict[str, dict[str, Any]] = {
 # did not (measured: 1.00 vs 0.61); neither learns the multi-needle tasks well in that budget.
 TINY_PRESETS["tiny-llama-4l"] = dict(TINY_PRESETS["tiny-llama"], num_hidden_layers=4)
 
-# Twice as wide again (3.6M parameters with the toy tokenizer): for a base that must hold several
+# Twice as wide (3.6M parameters with the toy tokenizer): for a base that must hold several
 # retrieval skills at once; the 4-layer one trades multi-key against multi-value (docs/training.md).
 TINY_PRESETS["tiny-llama-4l-wide"] = dict(
     TINY_PRESETS["tiny-llama-4l"],
