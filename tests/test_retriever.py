@@ -130,17 +130,9 @@ def test_retriever_command_line(tmp_path, capsys):
     assert e.value.code == 2 and "--preset" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["base"]
     wide = tmp_path / "wide"
-    args = [
-        str(wide),
-        "--preset",
-        "tiny-llama-4l-wide",
-        "--steps",
-        "1",
-        "--batch",
-        "1",
-        "--tasks",
-        "niah_single",
-    ]
-    assert main([*args, "--quiet"]) == 0
+    preset = ["--preset", "tiny-llama-4l-wide"]
+    assert (
+        main([str(wide), *preset, "--steps", "1", "--batch", "1", "--tasks", "niah_single", "--quiet"]) == 0
+    )
     assert json.load(open(wide / "config.json"))["hidden_size"] == 256
     assert json.load(open(wide / "retriever_log.json"))["settings"]["preset"] == "tiny-llama-4l-wide"
